@@ -1,0 +1,93 @@
+import { spawn } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+
+/**
+ * Runs vdisk and its peer on the same input in the same run, alternating, for several rounds,
+ * and reports medians and the ratio. Absolute times on a shared 2-core machine mean little;
+ * the ratio, measured side by side, does.
+ */
+export interface Contender {
+  name: string;
+  /** One timed run; returns the measured quantity (seconds, or a rate when `higherIsBetter`). */
+  run(): Promise<number>;
+}
+
+export interface Benchmark {
+  name: string;
+  /** What the ratio must satisfy, e.g. { max: 1.0 } for time or { min: 0.5 } for throughput. */
+  goal: { max?: number; min?: number };
+  unit: 's' | 'GiB/s';
+  rounds: number;
+  setup?(): Promise<void>;
+  teardown?(): Promise<void>;
+  vdisk: Contender;
+  peer: Contender;
+}
+
+export interface Result {
+  name: string;
+  unit: string;
+  vdiskName: string;
+  peerName: string;
+  vdisk: number;
+  peer: number;
+  ratio: number;
+  goal: string;
+  met: boolean;
+}
+
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+export async function runBenchmark(b: Benchmark): Promise<Result> {
+  await b.setup?.();
+  try {
+    const ours: number[] = [];
+    const theirs: number[] = [];
+    // One untimed warm-up each, so page cache and JIT state are alike for both.
+    await b.vdisk.run();
+    await b.peer.run();
+    for (let i = 0; i < b.rounds; i++) {
+      // Alternate who goes first so neither always inherits a warmer cache.
+      if (i % 2 === 0) {
+        ours.push(await b.vdisk.run());
+        theirs.push(await b.peer.run());
+      } else {
+        theirs.push(await b.peer.run());
+        ours.push(await b.vdisk.run());
+      }
+    }
+    const vdisk = median(ours);
+    const peer = median(theirs);
+    const ratio = vdisk / peer;
+    const met = (b.goal.max === undefined || ratio <= b.goal.max) && (b.goal.min === undefined || ratio >= b.goal.min);
+    const goal = b.goal.max !== undefined ? `<= ${b.goal.max}x` : `>= ${b.goal.min}x`;
+    return { name: b.name, unit: b.unit, vdiskName: b.vdisk.name, peerName: b.peer.name, vdisk, peer, ratio, goal, met };
+  } finally {
+    await b.teardown?.();
+  }
+}
+
+/** Wall time of a command, its output discarded; fails loudly if the command fails. */
+export async function timeCommand(cmd: string, args: string[]): Promise<number> {
+  const start = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+  });
+  return (performance.now() - start) / 1000;
+}
+
+export function formatResults(results: Result[]): string {
+  const rows = results.map((r) => {
+    const fmt = (v: number) => (r.unit === 's' ? `${(v * 1000).toFixed(1)} ms` : `${v.toFixed(2)} GiB/s`);
+    return `| ${r.name} | ${r.vdiskName}: ${fmt(r.vdisk)} | ${r.peerName}: ${fmt(r.peer)} | ${r.ratio.toFixed(2)}x | ${r.goal} | ${r.met ? 'met' : 'NOT met'} |`;
+  });
+  return ['| benchmark | vdisk | peer | ratio (vdisk/peer) | goal | |', '|---|---|---|---|---|---|', ...rows].join('\n');
+}

@@ -1,0 +1,59 @@
+import { registry } from '../registry/index.js';
+import { lastValue, parseArgs, hasFlag } from './args.js';
+import { print, type CliIo } from './context.js';
+import { UsageError } from './errors.js';
+import { parseSize } from './sizes.js';
+
+const HELP = `usage: vdisk create [-q] -f FMT [-o OPTIONS] IMAGE [SIZE]
+Creates a new image, as qemu-img create does. raw options: preallocation=off|falloc|full.`;
+
+const SECTOR = 512;
+
+/** `-o a=1,b=2` (several -o accumulate; a doubled comma escapes a comma in a value). */
+export function parseCreateOptions(values: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const value of values) {
+    for (const part of value.split(/,(?!,)/).map((s) => s.replace(/,,/g, ','))) {
+      if (part === '') continue;
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw new UsageError(`Invalid option '${part}': expected key=value`);
+      out[part.slice(0, eq)] = part.slice(eq + 1);
+    }
+  }
+  return out;
+}
+
+export async function create(argv: string[], io: CliIo): Promise<number> {
+  const p = parseArgs(argv, [
+    { short: 'f', long: 'format', value: true }, { short: 'o', long: 'options', value: true, multiple: true },
+    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' },
+  ], 'vdisk create');
+  if (hasFlag(p, 'help')) return print(io, HELP), 0;
+  const format = lastValue(p, 'format') ?? 'raw';
+  const [filename, sizeText, ...extra] = p.positionals;
+  if (!filename) throw new UsageError('Expecting image file name');
+  if (extra.length > 0) throw new UsageError(`Unexpected argument '${extra[0]}'`);
+  const driver = registry.has(format) ? registry.get(format) : undefined;
+  if (!driver || driver.kind !== 'format' || !driver.create) throw new UsageError(`${filename}: Unknown file format '${format}'`);
+  const options = parseCreateOptions(p.options.get('options') ?? []);
+  for (const key of Object.keys(options)) {
+    if (!driver.createOptions?.includes(key)) throw new UsageError(`${filename}: Invalid parameter '${key}'`);
+  }
+  const sizeSource = sizeText ?? options.size;
+  if (sizeSource === undefined) throw new UsageError(`${filename}: Image creation needs a size parameter`);
+  delete options.size;
+  let size: number;
+  try {
+    size = parseSize(sizeSource);
+  } catch {
+    throw new UsageError(`Invalid image size specified '${sizeSource}'. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
+  }
+  if (!hasFlag(p, 'quiet')) {
+    const extras = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
+    print(io, `Formatting '${filename}', fmt=${format} size=${size}${extras}`);
+  }
+  // qemu-img rounds the size up to whole sectors.
+  const rounded = Math.ceil(size / SECTOR) * SECTOR;
+  await driver.create({ filename, size: rounded, options });
+  return 0;
+}

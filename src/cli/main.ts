@@ -1,0 +1,62 @@
+import { BlockError } from '../core/errors.js';
+import type { CliIo, Command } from './context.js';
+import { UsageError } from './errors.js';
+
+/** Subcommands load lazily: `vdisk info` should not pay for the NBD server's imports. */
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  create: { summary: 'create a new image (qemu-img create)', load: async () => (await import('./create.js')).create },
+  info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },
+  io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },
+  map: { summary: 'show where the image data lives (qemu-img map)', load: async () => (await import('./map.js')).map },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return [
+    'usage: vdisk COMMAND [OPTIONS] ...',
+    '',
+    'vdisk is a virtual-disk I/O stack: raw images today, qcow2, VMDK and NBD to come.',
+    'Commands take the options of the qemu-img or qemu-io command they are shaped like.',
+    '',
+    'Commands:',
+    ...lines,
+    '',
+    "Run 'vdisk COMMAND --help' for a command's options.",
+  ].join('\n');
+}
+
+/** Runs one vdisk command line and returns the exit status. Bad input is one line on stderr. */
+export async function main(argv: string[], io: CliIo = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    io.stdout.write(usage() + '\n');
+    return name === undefined ? 1 : 0;
+  }
+  if (name === '--version' || name === '-V') {
+    io.stdout.write('vdisk version 0.1.0\n');
+    return 0;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    io.stderr.write(`vdisk: unknown command '${name}'; try 'vdisk --help'\n`);
+    return 1;
+  }
+  try {
+    return await (await entry.load())(rest, io);
+  } catch (err) {
+    io.stderr.write(`vdisk ${name}: ${describeError(err)}\n`);
+    if (process.env.VDISK_DEBUG && err instanceof Error && err.stack) io.stderr.write(err.stack + '\n');
+    return 1;
+  }
+}
+
+/** One line for a user: the message for expected failures, a pointer to a stack for bugs. */
+export function describeError(err: unknown): string {
+  if (err instanceof BlockError || err instanceof UsageError) return err.message;
+  if (err instanceof Error) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code ? `${err.message}` : `internal error: ${err.message} (set VDISK_DEBUG=1 for a stack trace)`;
+  }
+  return String(err);
+}

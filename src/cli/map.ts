@@ -1,0 +1,98 @@
+import type { BlockNode } from '../core/block-node.js';
+import type { Extent } from '../core/types.js';
+import { lastValue, parseArgs } from './args.js';
+import { print, type CliIo } from './context.js';
+import { UsageError } from './errors.js';
+import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
+import { parseSize } from './sizes.js';
+
+const HELP = `usage: vdisk map [-f FMT] [--output=human|json] [--start-offset=OFF] [--max-length=LEN] [-U] [--image-opts] IMAGE
+Shows where each range of the image lives, as qemu-img map does.`;
+
+/** One row of qemu-img map: a run of extents with the same flags and contiguous host offsets. */
+export interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+  filename?: string;
+}
+
+function toEntry(e: Extent): MapEntry {
+  const entry: MapEntry = { start: e.offset, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
+  if (e.hostOffset !== undefined) entry.offset = e.hostOffset;
+  if (e.hostFile !== undefined) entry.filename = e.hostFile;
+  return entry;
+}
+
+function mergeable(a: MapEntry, b: MapEntry): boolean {
+  if (a.depth !== b.depth || a.present !== b.present || a.zero !== b.zero || a.data !== b.data) return false;
+  if ((a.offset === undefined) !== (b.offset === undefined) || a.filename !== b.filename) return false;
+  return a.offset === undefined || a.offset + a.length === b.offset;
+}
+
+/** Walks the image's extents and yields qemu-img map's merged rows. */
+export async function* mapEntries(node: BlockNode, start = 0, length = node.size - start): AsyncIterable<MapEntry> {
+  let pending: MapEntry | undefined;
+  for await (const ext of node.extents(start, length)) {
+    const entry = toEntry(ext);
+    if (pending && mergeable(pending, entry)) {
+      pending.length += entry.length;
+      continue;
+    }
+    if (pending) yield pending;
+    pending = entry;
+  }
+  if (pending) yield pending;
+}
+
+export function jsonEntry(e: MapEntry): string {
+  const offset = e.offset !== undefined ? `, "offset": ${e.offset}` : '';
+  return `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${offset}}`;
+}
+
+function hex(n: number): string {
+  return n === 0 ? '0' : '0x' + n.toString(16);
+}
+
+export async function map(argv: string[], io: CliIo): Promise<number> {
+  const p = parseArgs(argv, [
+    ...IMAGE_OPTIONS, { long: 'output', value: true }, { short: 's', long: 'start-offset', value: true },
+    { short: 'l', long: 'max-length', value: true }, { short: 'h', long: 'help' },
+  ], 'vdisk map');
+  if (p.options.has('help')) return print(io, HELP), 0;
+  const output = outputFormat(p);
+  const image = onePositional(p, 'image');
+  const startText = lastValue(p, 'start-offset');
+  const lengthText = lastValue(p, 'max-length');
+  const start = startText === undefined ? 0 : parseSize(startText, 'offset');
+  const maxLength = lengthText === undefined ? undefined : parseSize(lengthText, 'length');
+  await using node = await openImage(p, image, { readOnly: true });
+  if (start > node.size) throw new UsageError(`--start-offset ${start} is past the end of the image (${node.size} bytes)`);
+  const length = Math.min(maxLength ?? Infinity, node.size - start);
+
+  // Rows are batched into large writes: a map of a big sparse image has tens of thousands.
+  const lines: string[] = [];
+  const flushLines = () => {
+    if (lines.length) io.stdout.write(lines.join(''));
+    lines.length = 0;
+  };
+  if (output === 'human') lines.push('Offset          Length          Mapped to       File\n');
+  let first = true;
+  for await (const e of mapEntries(node, start, length)) {
+    if (output === 'json') {
+      lines.push((first ? '[' : ',\n') + jsonEntry(e));
+      first = false;
+    } else if (e.data && !e.zero) {
+      if (e.offset === undefined) throw new UsageError('File contains external, encrypted or compressed clusters.');
+      lines.push(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename ?? node.filename}\n`);
+    }
+    if (lines.length >= 4096) flushLines();
+  }
+  if (output === 'json') lines.push(first ? '[]\n' : ']\n');
+  flushLines();
+  return 0;
+}

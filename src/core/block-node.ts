@@ -1,0 +1,403 @@
+import { EventEmitter } from 'node:events';
+import { BlockError, isNotSupported, NotSupportedError } from './errors.js';
+import { RequestTracker } from './request-tracker.js';
+import type {
+  BlockDevice, BlockLimits, Capabilities, DetectZeroes, Extent, IoOptions, WriteOptions, ZeroOptions,
+} from './types.js';
+import { isAllZero, zeroBuffer } from './zero-detect.js';
+import { alignDown, alignUp, defaultLimits } from './limits.js';
+
+export interface NodeOptions {
+  /** QEMU's node-name; generated when absent. */
+  nodeName?: string;
+  readOnly?: boolean;
+  detectZeroes?: DetectZeroes;
+}
+
+/** Largest zero buffer the write-zeroes fallback writes at once. */
+const ZERO_FALLBACK_CHUNK = 1024 * 1024;
+
+let nodeCounter = 0;
+
+/**
+ * The generic block layer (DESIGN.md §3). It implements the public API once: range and state
+ * checks, splitting at maxTransfer, alignment by read-modify-write under request serialisation,
+ * zero-write fallback, FUA emulation and detect-zeroes. Drivers override the protected hooks only,
+ * and a hook may assume its request is in range, aligned and allowed.
+ */
+export abstract class BlockNode implements BlockDevice {
+  abstract readonly driver: string;
+  readonly nodeName: string;
+  readonly readOnly: boolean;
+  detectZeroes: DetectZeroes;
+  limits: BlockLimits = defaultLimits();
+  /** Children by role (`file`, `backing`, `data-file`); this node owns and closes them. */
+  readonly children = new Map<string, BlockNode>();
+  /** Named debug events (`l2.load`, `cluster.alloc`, …) for tracing and fault injection. */
+  readonly events = new EventEmitter();
+
+  private _size = 0;
+  private capsCache: Capabilities | undefined;
+  private readonly tracker = new RequestTracker();
+  private inFlight = 0;
+  private idle: (() => void)[] = [];
+  private state: 'open' | 'closing' | 'closed' = 'open';
+
+  protected abstract _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void>;
+  protected _write?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void>;
+  protected _writeZeroes?(offset: number, length: number, opts: ZeroOptions): Promise<void>;
+  protected _discard?(offset: number, length: number, opts: IoOptions): Promise<void>;
+  protected _flush?(opts: IoOptions): Promise<void>;
+  protected _blockStatus?(offset: number, maxLength: number, opts: IoOptions): Promise<Extent>;
+  protected _resize?(size: number): Promise<void>;
+  protected _close?(): Promise<void>;
+
+  /** True when the write hooks honour `fua` themselves; otherwise the layer flushes after them. */
+  protected get nativeFua(): boolean {
+    return false;
+  }
+
+  constructor(opts: NodeOptions = {}) {
+    this.nodeName = opts.nodeName ?? `#block${++nodeCounter}`;
+    this.readOnly = opts.readOnly ?? false;
+    this.detectZeroes = opts.detectZeroes ?? 'off';
+  }
+
+  get size(): number {
+    return this._size;
+  }
+
+  protected set size(size: number) {
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new BlockError('EINVAL', `Invalid image size ${size}`, { node: this.nodeName });
+    }
+    this._size = size;
+  }
+
+  get file(): BlockNode | undefined {
+    return this.children.get('file');
+  }
+
+  get backing(): BlockNode | undefined {
+    return this.children.get('backing');
+  }
+
+  /** The path or URL this node's bytes come from, for messages and `info`. */
+  get filename(): string {
+    return this.file?.filename ?? '';
+  }
+
+  /** Bytes the image takes on its storage (`actual-size`), when the storage can tell. */
+  async allocatedSize(): Promise<number | undefined> {
+    return this.file?.allocatedSize();
+  }
+
+  /** Format-specific facts for `info` (`format-specific.data` in qemu-img's JSON). */
+  formatSpecific(): Record<string, unknown> | undefined {
+    return undefined;
+  }
+
+  get caps(): Capabilities {
+    return (this.capsCache ??= this.computeCaps());
+  }
+
+  protected computeCaps(): Capabilities {
+    const writable = !this.readOnly && this._write !== undefined;
+    return {
+      writable,
+      flush: this._flush !== undefined,
+      fua: !writable ? 'none' : this.nativeFua || this._flush === undefined ? 'native' : 'emulate',
+      zero: !writable ? 'none' : this._writeZeroes ? 'native' : 'emulate',
+      discard: writable && this._discard ? 'native' : 'none',
+      fastZero: writable && this._writeZeroes !== undefined,
+      blockStatus: this._blockStatus !== undefined,
+      multiConn: true,
+      resize: writable && this._resize !== undefined,
+    };
+  }
+
+  // ---- public API -------------------------------------------------------------------------
+
+  async read(offset: number, into: Uint8Array, opts: IoOptions = {}): Promise<void> {
+    const length = into.byteLength;
+    this.checkIo('read', offset, length, opts);
+    if (length === 0) return;
+    await this.run(async () => {
+      const { start, end, aligned } = this.alignRange(offset, length);
+      const req = await this.tracker.begin(start, end, false);
+      try {
+        if (aligned) return await this.readChunks(offset, into, opts);
+        const bounce = new Uint8Array(end - start);
+        await this.readChunks(start, bounce, opts);
+        into.set(bounce.subarray(offset - start, offset - start + length));
+      } finally {
+        req.release();
+      }
+    });
+  }
+
+  async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    const length = data.byteLength;
+    this.checkWritable('write', offset, length, opts);
+    if (length === 0) return;
+    if (this.detectZeroes !== 'off' && isAllZero(data)) {
+      return this.writeZeroes(offset, length, { ...opts, mayUnmap: this.detectZeroes === 'unmap' });
+    }
+    await this.run(async () => {
+      const { start, end, aligned } = this.alignRange(offset, length);
+      const req = await this.tracker.begin(start, end, !aligned);
+      try {
+        if (aligned) await this.writeChunks(offset, data, opts);
+        else await this.readModifyWrite(offset, data, start, end, opts);
+      } finally {
+        req.release();
+      }
+      if (opts.fua && !this.nativeFua && this._flush) await this._flush(opts);
+    });
+  }
+
+  async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    this.checkWritable('write-zeroes', offset, length, opts);
+    if (length === 0) return;
+    if (!this._writeZeroes && (opts.noFallback || opts.allocate)) {
+      throw new NotSupportedError(`${this.driver}: fast zeroing is not supported`, this.ctx('write-zeroes', offset, length));
+    }
+    await this.run(async () => {
+      const { start, end, aligned } = this.alignRange(offset, length);
+      const req = await this.tracker.begin(start, end, !aligned);
+      try {
+        // Partial blocks at either end are written as zero data; only whole blocks reach the hook.
+        const align = this.limits.requestAlignment;
+        const innerStart = alignUp(offset, align);
+        const innerEnd = offset + length === this.size ? this.size : alignDown(offset + length, align);
+        if (innerStart >= innerEnd) {
+          await this.readModifyWrite(offset, zeroBuffer(length), start, end, opts);
+        } else {
+          if (offset < innerStart) {
+            await this.readModifyWrite(offset, zeroBuffer(innerStart - offset), start, innerStart, opts);
+          }
+          await this.zeroAligned(innerStart, innerEnd - innerStart, opts);
+          if (innerEnd < offset + length) {
+            await this.readModifyWrite(innerEnd, zeroBuffer(offset + length - innerEnd), innerEnd, end, opts);
+          }
+        }
+      } finally {
+        req.release();
+      }
+      if (opts.fua && !this.nativeFua && this._flush) await this._flush(opts);
+    });
+  }
+
+  async discard(offset: number, length: number, opts: IoOptions = {}): Promise<void> {
+    this.checkWritable('discard', offset, length, opts);
+    if (length === 0 || !this._discard) return;
+    // Discard is advisory: shrink to whole discard blocks and leave partial ones alone.
+    const align = Math.max(this.limits.discardAlignment, this.limits.requestAlignment);
+    const start = alignUp(offset, align);
+    const end = offset + length === this.size ? this.size : alignDown(offset + length, align);
+    if (start >= end) return;
+    await this.run(async () => {
+      const req = await this.tracker.begin(start, end, false);
+      try {
+        const max = alignDown(this.limits.maxDiscard, align) || align;
+        for (let pos = start; pos < end; pos += max) {
+          try {
+            await this._discard!(pos, Math.min(max, end - pos), opts);
+          } catch (err) {
+            if (!isNotSupported(err)) throw err;
+          }
+        }
+      } finally {
+        req.release();
+      }
+    });
+  }
+
+  async flush(opts: IoOptions = {}): Promise<void> {
+    this.checkOpen('flush', opts);
+    if (!this._flush) return;
+    await this.run(() => this._flush!(opts));
+  }
+
+  async blockStatus(offset: number, maxLength: number, opts: IoOptions = {}): Promise<Extent> {
+    this.checkOpen('block-status', opts);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(maxLength) || offset < 0 || offset >= this.size || maxLength <= 0) {
+      throw new BlockError('ERANGE', `block status at offset ${offset} is outside the image (size ${this.size})`,
+        this.ctx('block-status', offset, maxLength));
+    }
+    const length = Math.min(maxLength, this.size - offset);
+    if (!this._blockStatus) return { offset, length, data: true, zero: false, present: true, depth: 0 };
+    const ext = await this.run(() => this._blockStatus!(offset, length, opts));
+    if (ext.offset !== offset || !(ext.length > 0) || ext.length > length) {
+      throw new BlockError('EIO', `${this.driver}: block status returned an invalid extent`, this.ctx('block-status', offset, length));
+    }
+    return ext;
+  }
+
+  async *extents(offset: number, length: number, opts: IoOptions = {}): AsyncIterable<Extent> {
+    this.checkRange('block-status', offset, length);
+    const end = offset + length;
+    for (let pos = offset; pos < end;) {
+      const ext = await this.blockStatus(pos, end - pos, opts);
+      yield ext;
+      pos += ext.length;
+    }
+  }
+
+  async resize(size: number): Promise<void> {
+    this.checkOpen('resize', {});
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new BlockError('EINVAL', `Invalid size ${size}`, this.ctx('resize'));
+    }
+    if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', this.ctx('resize'));
+    if (!this._resize) throw new NotSupportedError(`${this.driver} images cannot be resized`, this.ctx('resize'));
+    await this.drain();
+    await this._resize(size);
+    this.size = size;
+  }
+
+  /** Waits until no request is in flight. */
+  async drain(): Promise<void> {
+    if (this.inFlight === 0) return;
+    await new Promise<void>((resolve) => this.idle.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    if (this.state !== 'open') return;
+    this.state = 'closing';
+    try {
+      await this.drain();
+      if (this._close) await this._close();
+    } finally {
+      this.state = 'closed';
+      for (const child of this.children.values()) await child.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // ---- helpers for drivers ----------------------------------------------------------------
+
+  protected debugEvent(name: string, detail?: Record<string, unknown>): void {
+    if (this.events.listenerCount(name) > 0) this.events.emit(name, detail ?? {});
+  }
+
+  protected ctx(op: string, offset?: number, length?: number): Record<string, unknown> & { node: string; op: string } {
+    const c: Record<string, unknown> & { node: string; op: string } = { node: this.nodeName, op };
+    if (offset !== undefined) c.offset = offset;
+    if (length !== undefined) c.length = length;
+    if (this.filename) c.path = this.filename;
+    return c;
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.inFlight === 0) for (const wake of this.idle.splice(0)) wake();
+    }
+  }
+
+  private checkOpen(op: string, opts: IoOptions): void {
+    if (this.state !== 'open') throw new BlockError('ESHUTDOWN', `${op} on a closed image`, this.ctx(op));
+    if (opts.signal?.aborted) throw new BlockError('E_ABORTED', `${op} was cancelled`, this.ctx(op), { cause: opts.signal.reason });
+  }
+
+  private checkRange(op: string, offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new BlockError('EINVAL', `${op}: invalid offset ${offset} or length ${length}`, this.ctx(op, offset, length));
+    }
+    if (offset + length > this.size) {
+      throw new BlockError('ERANGE', `${op} of ${length} bytes at offset ${offset} is past the end of the image (size ${this.size})`,
+        this.ctx(op, offset, length));
+    }
+  }
+
+  private checkIo(op: string, offset: number, length: number, opts: IoOptions): void {
+    this.checkOpen(op, opts);
+    this.checkRange(op, offset, length);
+  }
+
+  private checkWritable(op: string, offset: number, length: number, opts: IoOptions): void {
+    this.checkIo(op, offset, length, opts);
+    if (!this.caps.writable) {
+      throw new BlockError('EROFS', this.readOnly ? 'Image is read-only' : `${this.driver} does not support writes`, this.ctx(op, offset, length));
+    }
+  }
+
+  /** The request widened to requestAlignment; a request ending at the image end needs no tail padding. */
+  private alignRange(offset: number, length: number): { start: number; end: number; aligned: boolean } {
+    const align = this.limits.requestAlignment;
+    const start = alignDown(offset, align);
+    const end = Math.min(alignUp(offset + length, align), this.size);
+    return { start, end, aligned: start === offset && end === offset + length };
+  }
+
+  private async readChunks(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
+    const max = this.limits.maxTransfer;
+    for (let done = 0; done < into.byteLength; done += max) {
+      await this._read(offset + done, into.subarray(done, Math.min(done + max, into.byteLength)), opts);
+    }
+  }
+
+  private async writeChunks(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    const max = this.limits.maxTransfer;
+    const fua = !!opts.fua && this.nativeFua;
+    for (let done = 0; done < data.byteLength; done += max) {
+      await this._write!(offset + done, data.subarray(done, Math.min(done + max, data.byteLength)), { ...opts, fua });
+    }
+  }
+
+  /** Writes `data` at `offset` inside the aligned block range [start, end); the caller serialises. */
+  private async readModifyWrite(offset: number, data: Uint8Array, start: number, end: number, opts: WriteOptions): Promise<void> {
+    const align = this.limits.requestAlignment;
+    const bounce = new Uint8Array(end - start);
+    if (offset > start) await this.readChunks(start, bounce.subarray(0, Math.min(align, end - start)), opts);
+    const tail = offset + data.byteLength;
+    if (tail < end) {
+      const tailStart = Math.max(alignDown(tail, align), start);
+      if (!(offset > start && tailStart === start)) await this.readChunks(tailStart, bounce.subarray(tailStart - start), opts);
+    }
+    bounce.set(data, offset - start);
+    this.debugEvent('rmw', { offset: start, length: end - start });
+    await this.writeChunks(start, bounce, opts);
+  }
+
+  /** Zeroes a range aligned to requestAlignment through the hook, falling back to zero buffers. */
+  private async zeroAligned(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    const zAlign = Math.max(this.limits.zeroAlignment, this.limits.requestAlignment);
+    const max = alignDown(this.limits.maxWriteZeroes, zAlign) || zAlign;
+    const fua = !!opts.fua && this.nativeFua;
+    const end = offset + length;
+    // Head and tail fragments below the zero alignment go to the hook on their own, so the
+    // middle arrives aligned; the driver may refuse them and the fallback writes buffers.
+    for (let pos = offset; pos < end;) {
+      let next: number;
+      if (pos % zAlign !== 0) next = Math.min(alignUp(pos, zAlign), end);
+      else if (end - pos >= zAlign) next = pos + Math.min(max, alignDown(end - pos, zAlign));
+      else next = end;
+      await this.zeroChunk(pos, next - pos, { ...opts, fua });
+      pos = next;
+    }
+  }
+
+  private async zeroChunk(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    if (this._writeZeroes) {
+      try {
+        return await this._writeZeroes(offset, length, opts);
+      } catch (err) {
+        if (!isNotSupported(err) || opts.noFallback || opts.allocate) throw err;
+      }
+    }
+    for (let done = 0; done < length;) {
+      const n = Math.min(ZERO_FALLBACK_CHUNK, this.limits.maxTransfer, length - done);
+      await this._write!(offset + done, zeroBuffer(n), opts);
+      done += n;
+    }
+  }
+}

@@ -1,0 +1,100 @@
+import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
+import { BlockError } from '../../../core/errors.js';
+import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core/types.js';
+
+export interface RawOptions extends NodeOptions {
+  /** Expose the slice starting here (bytes into the file). */
+  offset?: number;
+  /** Expose this many bytes; default: to the end of the file. */
+  size?: number;
+  /**
+   * Set when the format was guessed rather than named. A guest that can write sector 0 of a
+   * probed raw image could plant another format's header (say qcow2 naming a host file as its
+   * backing) that the next probe would obey, so such writes are refused.
+   */
+  probedWith?: (sector0: Uint8Array) => string | undefined;
+}
+
+const SECTOR = 512;
+
+/** A raw image: guest offset = file offset (+ `offset`), optionally limited to `size` bytes. */
+export class RawNode extends BlockNode {
+  readonly driver = 'raw';
+  private readonly base: number;
+  private readonly fixedSize: boolean;
+  private readonly probe: ((sector0: Uint8Array) => string | undefined) | undefined;
+
+  constructor(file: BlockNode, opts: RawOptions = {}) {
+    super({ ...opts, readOnly: (opts.readOnly ?? false) || file.readOnly });
+    const base = opts.offset ?? 0;
+    const ctx = { node: this.nodeName, op: 'open', path: file.filename };
+    if (!Number.isSafeInteger(base) || base < 0) throw new BlockError('EINVAL', `raw: offset must be a non-negative byte count, not ${opts.offset}`, ctx);
+    if (base > file.size) throw new BlockError('EINVAL', `raw: offset ${base} is past the end of the file (${file.size} bytes)`, ctx);
+    const size = opts.size ?? file.size - base;
+    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `raw: size must be a non-negative byte count, not ${opts.size}`, ctx);
+    if (base + size > file.size) throw new BlockError('EINVAL', `raw: offset ${base} + size ${size} is past the end of the file (${file.size} bytes)`, ctx);
+    this.children.set('file', file);
+    this.base = base;
+    this.fixedSize = opts.size !== undefined || base !== 0;
+    this.probe = opts.probedWith;
+    this.size = size;
+    // The file's alignment holds here only when the slice starts on it; otherwise the file's own
+    // layer does the read-modify-write.
+    const fileAlign = file.limits.requestAlignment;
+    this.limits = { ...file.limits, requestAlignment: base % fileAlign === 0 ? fileAlign : 1 };
+  }
+
+  private get child(): BlockNode {
+    return this.file!;
+  }
+
+  protected override get nativeFua(): boolean {
+    return true;
+  }
+
+  override formatSpecific(): Record<string, unknown> | undefined {
+    return undefined;
+  }
+
+  protected async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
+    await this.child.read(this.base + offset, into, opts);
+  }
+
+  protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    if (offset < SECTOR && this.probe) await this.checkSector0(offset, data);
+    await this.child.write(this.base + offset, data, opts);
+  }
+
+  protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    await this.child.writeZeroes(this.base + offset, length, opts);
+  }
+
+  protected override async _discard(offset: number, length: number, opts: IoOptions): Promise<void> {
+    await this.child.discard(this.base + offset, length, opts);
+  }
+
+  protected override async _flush(opts: IoOptions): Promise<void> {
+    await this.child.flush(opts);
+  }
+
+  protected override async _blockStatus(offset: number, maxLength: number, opts: IoOptions): Promise<Extent> {
+    const ext = await this.child.blockStatus(this.base + offset, maxLength, opts);
+    return { ...ext, offset, depth: 0, present: true };
+  }
+
+  protected override async _resize(size: number): Promise<void> {
+    if (this.fixedSize) throw new BlockError('ENOTSUP', 'raw: cannot resize an image with offset or size options', this.ctx('resize'));
+    await this.child.resize(size);
+  }
+
+  private async checkSector0(offset: number, data: Uint8Array): Promise<void> {
+    const sector = new Uint8Array(Math.min(SECTOR, this.size));
+    await this.child.read(this.base, sector);
+    sector.set(data.subarray(0, Math.max(0, sector.byteLength - offset)), offset);
+    const format = this.probe!(sector);
+    if (format && format !== 'raw') {
+      throw new BlockError('EPERM', `Refusing a write to sector 0 of a probed raw image that would make it look like ${format}; open it with -f raw`,
+        this.ctx('write', offset, data.byteLength));
+    }
+  }
+}

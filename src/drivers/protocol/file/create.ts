@@ -1,0 +1,50 @@
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { BlockError, fromSystemError } from '../../../core/errors.js';
+import { native } from '../../../native/index.js';
+import { applyLocks, defaultPermissions } from './locking.js';
+
+export type FilePreallocation = 'off' | 'falloc' | 'full';
+
+/** How much zero data `full` preallocation writes per call. */
+const FULL_CHUNK = 4 * 1024 * 1024;
+/** QEMU allocates the first block of a new file so alignment probing works on it. */
+const FIRST_BLOCK = 4096;
+
+/**
+ * Creates (or truncates) a file of `size` bytes, as QEMU's file-posix does: `off` leaves it
+ * sparse but for the first block, `falloc` reserves every block, `full` writes zeros.
+ */
+export async function createFile(path: string, size: number, preallocation: FilePreallocation = 'off'): Promise<void> {
+  const ctx = { op: 'create', path };
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `Invalid image size ${size}`, ctx);
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(path, fsc.O_RDWR | fsc.O_CREAT, 0o644);
+  } catch (err) {
+    throw fromSystemError(err, ctx);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new BlockError('EINVAL', `Could not create '${path}': not a regular file`, ctx);
+    // Never truncate an image another process (vdisk or QEMU) has open for writing.
+    if (native) applyLocks(native, fh.fd, path, defaultPermissions(true).perm, defaultPermissions(true).shared);
+    await fh.truncate(0);
+    if (preallocation === 'falloc' && size > 0) {
+      if (!native) throw new BlockError('ENOTSUP', 'preallocation=falloc needs the native addon, which is not loaded', ctx);
+      await native.fallocate(fh.fd, 0, 0, size);
+    } else if (preallocation === 'full') {
+      const zeros = new Uint8Array(Math.min(FULL_CHUNK, size));
+      for (let pos = 0; pos < size; pos += zeros.byteLength) {
+        const n = Math.min(zeros.byteLength, size - pos);
+        await fh.write(zeros, 0, n, pos);
+      }
+    }
+    await fh.truncate(size);
+    if (preallocation === 'off' && size > 0) await fh.write(new Uint8Array(Math.min(FIRST_BLOCK, size)), 0, Math.min(FIRST_BLOCK, size), 0);
+    await fh.datasync();
+  } catch (err) {
+    throw err instanceof BlockError ? err : fromSystemError(err, ctx);
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,246 @@
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
+import { BlockError, fromSystemError, NotSupportedError } from '../../../core/errors.js';
+import { isPowerOfTwo } from '../../../core/limits.js';
+import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core/types.js';
+import { FALLOC, native } from '../../../native/index.js';
+import { applyLocks, defaultPermissions } from './locking.js';
+
+/** QEMU's cache modes: which of the host page cache and flushes are used. */
+export type CacheMode = 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
+
+export interface FileOptions extends NodeOptions {
+  filename: string;
+  cache?: CacheMode;
+  /** 'auto' locks when the OFD-lock syscalls are available. */
+  locking?: 'auto' | 'on' | 'off';
+  /** Force a larger request alignment (tests of read-modify-write; 4 KiB-sector emulation). */
+  requestAlignment?: number;
+  /** Create the file if it does not exist (used by `create`). */
+  create?: boolean;
+}
+
+const DIRECT_ALIGNMENT = 4096;
+
+/** Regular files and block devices, with the sparse-file syscalls of the native addon. */
+export class FileNode extends BlockNode {
+  readonly driver = 'file';
+  private readonly path: string;
+  private readonly fh: fsp.FileHandle;
+  private readonly isBlockDevice: boolean;
+  private readonly cache: CacheMode;
+
+  private constructor(opts: FileOptions, fh: fsp.FileHandle, size: number, isBlockDevice: boolean) {
+    super(opts);
+    this.path = opts.filename;
+    this.fh = fh;
+    this.isBlockDevice = isBlockDevice;
+    this.cache = opts.cache ?? 'writeback';
+    this.size = size;
+    const direct = this.cache === 'none' || this.cache === 'directsync';
+    const align = Math.max(opts.requestAlignment ?? 1, direct ? DIRECT_ALIGNMENT : 1);
+    this.limits = { ...this.limits, requestAlignment: align, memoryAlignment: direct ? DIRECT_ALIGNMENT : 1, optTransfer: 1024 * 1024 };
+  }
+
+  static async open(opts: FileOptions): Promise<FileNode> {
+    const path = opts.filename;
+    const ctx = { op: 'open', path };
+    if (typeof path !== 'string' || path === '') throw new BlockError('EINVAL', 'A filename is required', ctx);
+    if (opts.requestAlignment !== undefined && !isPowerOfTwo(opts.requestAlignment)) {
+      throw new BlockError('EINVAL', `request-alignment must be a power of two, not ${opts.requestAlignment}`, ctx);
+    }
+    const cache = opts.cache ?? 'writeback';
+    const direct = cache === 'none' || cache === 'directsync';
+    if (direct && !native) {
+      throw new NotSupportedError(`cache=${cache} needs aligned buffers from the native addon, which is not loaded`, ctx);
+    }
+    let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    if (opts.create && !opts.readOnly) flags |= fsc.O_CREAT;
+    if (direct) flags |= fsc.O_DIRECT;
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(path, flags, 0o644);
+    } catch (err) {
+      throw fromSystemError(err, ctx);
+    }
+    try {
+      const st = await fh.stat();
+      if (st.isDirectory()) throw new BlockError('EINVAL', `Could not open '${path}': Is a directory`, ctx);
+      const isBlockDevice = st.isBlockDevice();
+      let size = st.size;
+      if (isBlockDevice) {
+        if (!native) throw new NotSupportedError(`Block devices need the native addon, which is not loaded`, ctx);
+        size = native.blockDeviceSize(fh.fd);
+      }
+      const locking = opts.locking ?? 'auto';
+      if (locking === 'on' && !native) throw new NotSupportedError('locking=on needs the native addon, which is not loaded', ctx);
+      if (locking !== 'off' && native) {
+        const { perm, shared } = defaultPermissions(!opts.readOnly);
+        applyLocks(native, fh.fd, path, perm, shared);
+      }
+      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice);
+    } catch (err) {
+      await fh.close();
+      throw err instanceof BlockError ? err : fromSystemError(err, ctx);
+    }
+  }
+
+  override get filename(): string {
+    return this.path;
+  }
+
+  /** The underlying descriptor, for syscalls such as reflink that work across two files. */
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  override async allocatedSize(): Promise<number | undefined> {
+    if (this.isBlockDevice) return undefined;
+    const st = await this.fh.stat();
+    return st.blocks * 512;
+  }
+
+  protected override get nativeFua(): boolean {
+    return this.cache === 'writethrough' || this.cache === 'directsync';
+  }
+
+  protected async _read(offset: number, into: Uint8Array): Promise<void> {
+    const buf = this.ioBuffer(into);
+    let done = 0;
+    try {
+      while (done < buf.byteLength) {
+        const { bytesRead } = await this.fh.read(buf, done, buf.byteLength - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw fromSystemError(err, this.ctx('read', offset, into.byteLength));
+    }
+    // A file that shrank under us reads as zeros past its end, as a hole would.
+    if (done < buf.byteLength) buf.fill(0, done);
+    if (buf !== into) into.set(buf);
+  }
+
+  protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    const buf = this.ioBuffer(data, true);
+    try {
+      let done = 0;
+      while (done < buf.byteLength) {
+        const { bytesWritten } = await this.fh.write(buf, done, buf.byteLength - done, offset + done);
+        done += bytesWritten;
+      }
+      if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await this.fh.datasync();
+    } catch (err) {
+      throw fromSystemError(err, this.ctx('write', offset, data.byteLength));
+    }
+  }
+
+  /*
+   * Zeroing as QEMU's file-posix does it: punch when unmapping is allowed (cheapest, leaves a
+   * hole), else ZERO_RANGE (allocated, reads zero), else punch and re-allocate. Anything else
+   * is ENOTSUP and the generic layer writes zero buffers, unless the caller forbade that.
+   */
+  protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    const ctx = this.ctx('write-zeroes', offset, length);
+    if (!native) throw new NotSupportedError('fallocate is not available without the native addon', ctx);
+    if (this.isBlockDevice) throw new NotSupportedError('zeroing block devices is not implemented', ctx);
+    const fd = this.fh.fd;
+    const attempts: number[] = opts.mayUnmap && !opts.allocate
+      ? [FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, FALLOC.ZERO_RANGE]
+      : [FALLOC.ZERO_RANGE];
+    let lastErr: unknown;
+    for (const mode of attempts) {
+      try {
+        await native.fallocate(fd, mode, offset, length);
+        return await this.afterZero(opts, ctx);
+      } catch (err) {
+        if (!isUnsupportedErrno(err)) throw fromSystemError(err, ctx);
+        lastErr = err;
+      }
+    }
+    try {
+      await native.fallocate(fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, length);
+      await native.fallocate(fd, 0, offset, length);
+      return await this.afterZero(opts, ctx);
+    } catch (err) {
+      if (!isUnsupportedErrno(err)) throw fromSystemError(err, ctx);
+      lastErr = err;
+    }
+    throw new NotSupportedError('the file system cannot zero ranges efficiently', ctx, { cause: lastErr });
+  }
+
+  private async afterZero(opts: ZeroOptions, ctx: Record<string, unknown>): Promise<void> {
+    if (!(opts.fua || this.cache === 'writethrough' || this.cache === 'directsync')) return;
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw fromSystemError(err, ctx);
+    }
+  }
+
+  protected override async _discard(offset: number, length: number, _opts: IoOptions): Promise<void> {
+    if (!native || this.isBlockDevice) return;
+    try {
+      await native.fallocate(this.fh.fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, length);
+    } catch (err) {
+      if (!isUnsupportedErrno(err)) throw fromSystemError(err, this.ctx('discard', offset, length));
+    }
+  }
+
+  protected override async _flush(): Promise<void> {
+    if (this.cache === 'unsafe') return;
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw fromSystemError(err, this.ctx('flush'));
+    }
+  }
+
+  /** SEEK_DATA/SEEK_HOLE: holes read as zeros; everything in the file is present at depth 0. */
+  protected override async _blockStatus(offset: number, maxLength: number): Promise<Extent> {
+    const base = { offset, depth: 0, present: true, hostOffset: offset, hostFile: this.path };
+    if (!native || this.isBlockDevice) return { ...base, length: maxLength, data: true, zero: false };
+    const end = offset + maxLength;
+    let data: number;
+    try {
+      data = native.seekData(this.fh.fd, offset);
+      if (data === offset) {
+        const hole = native.seekHole(this.fh.fd, offset);
+        const stop = hole === -1 ? end : Math.min(hole, end);
+        return { ...base, length: Math.max(stop - offset, 1), data: true, zero: false };
+      }
+    } catch (err) {
+      if (isUnsupportedErrno(err)) return { ...base, length: maxLength, data: true, zero: false };
+      throw fromSystemError(err, this.ctx('block-status', offset, maxLength));
+    }
+    const stop = data === -1 ? end : Math.min(data, end);
+    return { ...base, length: stop - offset, data: false, zero: true };
+  }
+
+  protected override async _resize(size: number): Promise<void> {
+    if (this.isBlockDevice) throw new NotSupportedError('block devices cannot be resized', this.ctx('resize'));
+    try {
+      await this.fh.truncate(size);
+    } catch (err) {
+      throw fromSystemError(err, this.ctx('resize'));
+    }
+  }
+
+  protected override async _close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  /** O_DIRECT wants buffer addresses aligned too; copy through an aligned bounce buffer. */
+  private ioBuffer(buf: Uint8Array, copyIn = false): Uint8Array {
+    const align = this.limits.memoryAlignment;
+    if (align <= 1 || !native) return buf;
+    const aligned = native.alignedBuffer(buf.byteLength, align);
+    if (copyIn) aligned.set(buf);
+    return aligned;
+  }
+}
+
+function isUnsupportedErrno(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL' || code === 'ENOTTY';
+}

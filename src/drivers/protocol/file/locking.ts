@@ -1,0 +1,48 @@
+import { BlockError } from '../../../core/errors.js';
+import type { NativeAddon } from '../../../native/index.js';
+
+/*
+ * Image locking as QEMU's file-posix lays it out, so vdisk and QEMU see each other. Each
+ * permission bit i is a byte: a shared (read) OFD lock on byte 100+i says "I hold permission i";
+ * one on byte 200+i says "I do not let others hold permission i". A conflict is found by testing
+ * for an exclusive lock on the other byte of the pair.
+ */
+export const PERM = { CONSISTENT_READ: 0x1, WRITE: 0x2, WRITE_UNCHANGED: 0x4, RESIZE: 0x8 } as const;
+const PERM_NAMES = ['consistent read', 'write', 'write unchanged', 'resize'];
+const PERM_BITS = PERM_NAMES.length;
+const ALL = (1 << PERM_BITS) - 1;
+const LOCK_PERM_BASE = 100;
+const LOCK_SHARED_BASE = 200;
+
+/** What qemu-img and qemu-io take by default (they share nothing a writer could break). */
+export function defaultPermissions(writable: boolean): { perm: number; shared: number } {
+  return writable
+    ? { perm: PERM.CONSISTENT_READ | PERM.WRITE | PERM.RESIZE, shared: PERM.CONSISTENT_READ | PERM.WRITE_UNCHANGED }
+    : { perm: PERM.CONSISTENT_READ, shared: PERM.CONSISTENT_READ | PERM.WRITE_UNCHANGED };
+}
+
+/** Takes the lock bytes for (perm, shared) on fd and fails with E_LOCKED if another holder conflicts. */
+export function applyLocks(addon: NativeAddon, fd: number, path: string, perm: number, shared: number): void {
+  for (let i = 0; i < PERM_BITS; i++) {
+    const bit = 1 << i;
+    if (perm & bit) lockByte(addon, fd, path, LOCK_PERM_BASE + i);
+    if (~shared & ALL & bit) lockByte(addon, fd, path, LOCK_SHARED_BASE + i);
+  }
+  for (let i = 0; i < PERM_BITS; i++) {
+    const bit = 1 << i;
+    if (perm & bit && addon.ofdGetLock(fd, 'write', LOCK_SHARED_BASE + i, 1)) {
+      throw locked(path, `Failed to get "${PERM_NAMES[i]}" lock`);
+    }
+    if (~shared & ALL & bit && addon.ofdGetLock(fd, 'write', LOCK_PERM_BASE + i, 1)) {
+      throw locked(path, `Failed to get shared "${PERM_NAMES[i]}" lock`);
+    }
+  }
+}
+
+function lockByte(addon: NativeAddon, fd: number, path: string, byte: number): void {
+  if (!addon.ofdSetLock(fd, 'read', byte, 1)) throw locked(path, 'Failed to lock byte ' + byte);
+}
+
+function locked(path: string, what: string): BlockError {
+  return new BlockError('E_LOCKED', `${what}; is another process using the image [${path}]?`, { op: 'open', path });
+}

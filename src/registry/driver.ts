@@ -1,0 +1,61 @@
+import type { BlockNode } from '../core/block-node.js';
+import type { CacheMode } from '../drivers/protocol/file/file-node.js';
+import type { DetectZeroes } from '../core/types.js';
+import type { OpenGate } from './open-gate.js';
+
+/** A QEMU `-blockdev`-style node description: `{ driver: 'raw', file: { driver: 'file', filename } }`. */
+export interface NodeSpec {
+  driver: string;
+  [option: string]: unknown;
+}
+
+export interface OpenOptions {
+  /** Format of the top image; probed when absent. */
+  format?: string;
+  readOnly?: boolean;
+  /** Host cache mode of the protocol leaves (qemu-io/qemu-img `-t`). */
+  cache?: CacheMode;
+  detectZeroes?: DetectZeroes;
+  locking?: 'auto' | 'on' | 'off';
+  /** Who may be opened when an image names another file (backing, data file). */
+  gate?: OpenGate;
+  /** Longest backing chain followed before giving up. */
+  maxChainDepth?: number;
+}
+
+export interface OpenContext {
+  readonly options: Readonly<OpenOptions>;
+  /** How many image references deep this open is (0 for what the user named). */
+  readonly depth: number;
+  /** Opens a child that the spec itself describes (a `file` child). */
+  openChild(spec: NodeSpec | string, role: string): Promise<BlockNode>;
+  /**
+   * Opens a file that an image names (backing file, data file), through the open gate and the
+   * chain-depth limit, relative to the naming image's directory.
+   */
+  openReference(name: string, opts: { format?: string; relativeTo: string; role: string; readOnly?: boolean }): Promise<BlockNode>;
+  /** Names the format a header would probe as (for raw's sector-0 guard). */
+  probeFormat(head: Uint8Array): string | undefined;
+}
+
+/** What `create` asks of a format driver: a new image at `filename` (`-o key=value` options as given). */
+export interface CreateRequest {
+  filename: string;
+  size: number;
+  options: Record<string, string>;
+}
+
+export interface DriverDef {
+  readonly name: string;
+  readonly aliases?: readonly string[];
+  readonly kind: 'protocol' | 'format' | 'filter';
+  /** Option keys the driver accepts besides `driver`, `node-name`, `read-only`, `detect-zeroes`. */
+  readonly options: readonly string[];
+  /** Score for how sure the driver is that `head` (the first bytes) is its format; 0 = not mine. */
+  probe?(head: Uint8Array, filename: string): number;
+  open(spec: NodeSpec, ctx: OpenContext): Promise<BlockNode>;
+  /** `-o` option names `create` accepts. */
+  readonly createOptions?: readonly string[];
+  /** Creates a new image; validates its options with one-line EINVAL errors. */
+  create?(req: CreateRequest): Promise<void>;
+}

@@ -1,0 +1,20 @@
+import type { BlockNode } from '../core/block-node.js';
+import { rawDriver } from '../drivers/format/raw/index.js';
+import { fileDriver } from '../drivers/protocol/file/index.js';
+import { memoryDriver } from '../drivers/protocol/memory/index.js';
+import { nullDriver } from '../drivers/protocol/null/index.js';
+import type { NodeSpec, OpenOptions } from './driver.js';
+import { Registry } from './registry.js';
+
+export { Registry, parseFilename, PROBE_BYTES } from './registry.js';
+export type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
+export type { OpenGate } from './open-gate.js';
+export { DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
+
+/** The registry with every built-in driver. */
+export const registry = new Registry([fileDriver, memoryDriver, nullDriver, rawDriver]);
+
+/** Opens an image (filename, `json:{…}` or node spec) with the built-in drivers. */
+export function open(spec: string | NodeSpec, options?: OpenOptions): Promise<BlockNode> {
+  return registry.open(spec, options);
+}

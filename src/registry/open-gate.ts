@@ -1,0 +1,28 @@
+import { realpath } from 'node:fs/promises';
+import path from 'node:path';
+import { BlockError } from '../core/errors.js';
+
+/**
+ * Who may be opened when an image names another file. An image is data, often from a guest or a
+ * download, so following its references is a decision: 'permissive' follows any path (QEMU's
+ * behaviour), 'deny' follows none, 'allow' only paths inside the listed directories.
+ */
+export type OpenGate = { mode: 'permissive' } | { mode: 'deny' } | { mode: 'allow'; dirs: readonly string[] };
+
+export const DEFAULT_MAX_CHAIN_DEPTH = 64;
+
+export async function checkGate(gate: OpenGate, target: string, namedBy: string): Promise<void> {
+  if (gate.mode === 'permissive') return;
+  const ctx = { op: 'open', path: target };
+  if (gate.mode === 'deny') {
+    throw new BlockError('EPERM', `'${namedBy}' refers to '${target}', and following image references is denied`, ctx);
+  }
+  // Resolve links first, so a symlink inside an allowed directory cannot lead outside it.
+  const real = await realpath(target).catch(() => path.resolve(target));
+  for (const dir of gate.dirs) {
+    const root = await realpath(dir).catch(() => path.resolve(dir));
+    const rel = path.relative(root, real);
+    if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) return;
+  }
+  throw new BlockError('EPERM', `'${namedBy}' refers to '${target}', which is outside the allowed directories`, ctx);
+}

@@ -1,0 +1,156 @@
+import path from 'node:path';
+import type { BlockNode } from '../core/block-node.js';
+import { BlockError } from '../core/errors.js';
+import type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
+import { checkGate, DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
+import { enumOption, unflatten } from './options.js';
+
+/** How much of an image's start the probes see (QEMU reads the same 2 KiB). */
+export const PROBE_BYTES = 2048;
+
+const COMMON_OPTIONS = ['driver', 'node-name', 'read-only', 'detect-zeroes'];
+
+/**
+ * Drivers by name, probing, and `open()`: the only place that turns names and specs into nodes.
+ * Format drivers never import it; they get an OpenContext for their children.
+ */
+export class Registry {
+  private readonly drivers = new Map<string, DriverDef>();
+
+  constructor(drivers: readonly DriverDef[] = []) {
+    for (const d of drivers) this.register(d);
+  }
+
+  register(driver: DriverDef): void {
+    for (const name of [driver.name, ...(driver.aliases ?? [])]) this.drivers.set(name, driver);
+  }
+
+  get(name: string): DriverDef {
+    const d = this.drivers.get(name);
+    if (!d) throw new BlockError('EINVAL', `Unknown driver '${name}'`, { op: 'open' });
+    return d;
+  }
+
+  has(name: string): boolean {
+    return this.drivers.has(name);
+  }
+
+  /** The registered drivers, each once. */
+  list(kind?: DriverDef['kind']): DriverDef[] {
+    return [...new Set(this.drivers.values())].filter((d) => !kind || d.kind === kind);
+  }
+
+  /** The best-scoring format for these first bytes; raw is the last resort. */
+  probe(head: Uint8Array, filename = ''): string {
+    let best: DriverDef | undefined;
+    let bestScore = 0;
+    for (const d of this.list('format')) {
+      const score = d.probe?.(head, filename) ?? 0;
+      if (score > bestScore) [best, bestScore] = [d, score];
+    }
+    if (!best) throw new BlockError('E_WRONG_FORMAT', `Could not determine the format of '${filename}'`, { op: 'open', path: filename });
+    return best.name;
+  }
+
+  /**
+   * Opens an image from a filename (`json:{…}` accepted, as QEMU does) or a node spec. A filename
+   * with no format is probed; options apply to the whole graph.
+   */
+  async open(spec: string | NodeSpec, options: OpenOptions = {}): Promise<BlockNode> {
+    const node = await this.openAt(spec, options, 0, options.format);
+    if (options.detectZeroes) node.detectZeroes = options.detectZeroes;
+    return node;
+  }
+
+  private async openAt(spec: string | NodeSpec, options: OpenOptions, depth: number, format: string | undefined): Promise<BlockNode> {
+    if (typeof spec === 'string') {
+      const parsed = parseFilename(spec);
+      if (typeof parsed !== 'string') return this.openSpec(parsed, options, depth);
+      if (format) return this.openSpec({ driver: format, file: parsed }, options, depth);
+      return this.openProbed(parsed, options, depth);
+    }
+    if (format && this.get(spec.driver).kind === 'protocol') {
+      return this.openSpec({ driver: format, file: spec }, options, depth);
+    }
+    return this.openSpec(spec, options, depth);
+  }
+
+  private async openProbed(filename: string, options: OpenOptions, depth: number): Promise<BlockNode> {
+    const file = await this.openSpec({ driver: 'file', filename }, options, depth);
+    let format: string;
+    try {
+      const head = new Uint8Array(Math.min(PROBE_BYTES, file.size));
+      await file.read(0, head);
+      format = this.probe(head, filename);
+    } catch (err) {
+      await file.close();
+      throw err;
+    }
+    await file.close();
+    // Reopened rather than reused so the format driver owns a child opened its own way.
+    return this.openSpec({ driver: format, file: { driver: 'file', filename }, ...(format === 'raw' ? { probed: true } : {}) }, options, depth);
+  }
+
+  private async openSpec(input: NodeSpec, options: OpenOptions, depth: number): Promise<BlockNode> {
+    const spec = unflatten(input) as NodeSpec;
+    if (typeof spec.driver !== 'string') {
+      throw new BlockError('EINVAL', "A node spec needs a 'driver' string", { op: 'open' });
+    }
+    const driver = this.get(spec.driver);
+    const allowed = new Set([...COMMON_OPTIONS, ...driver.options]);
+    for (const key of Object.keys(spec)) {
+      if (!allowed.has(key)) {
+        throw new BlockError('EINVAL', `Block driver '${spec.driver}' does not support the option '${key}'`, { op: 'open' });
+      }
+    }
+    const ctx = this.context(options, depth);
+    const node = await driver.open(spec, ctx);
+    const dz = enumOption(spec, 'detect-zeroes', ['off', 'on', 'unmap'] as const);
+    if (dz) node.detectZeroes = dz;
+    return node;
+  }
+
+  private context(options: OpenOptions, depth: number): OpenContext {
+    return {
+      options,
+      depth,
+      openChild: (child, _role) => {
+        const spec = typeof child === 'string' ? parseFilename(child) : child;
+        return this.openSpec(typeof spec === 'string' ? { driver: 'file', filename: spec } : spec, options, depth);
+      },
+      openReference: async (name, ref) => {
+        const limit = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+        if (depth + 1 > limit) {
+          throw new BlockError('E_CORRUPT', `Backing chain is deeper than ${limit} images (a loop?) at '${ref.relativeTo}'`, { op: 'open', path: name });
+        }
+        if (name.startsWith('json:')) {
+          if (options.gate && options.gate.mode !== 'permissive') {
+            throw new BlockError('EPERM', `'${ref.relativeTo}' refers to a json: spec, which the open gate does not allow`, { op: 'open' });
+          }
+          return this.openAt(name, { ...options, readOnly: ref.readOnly ?? options.readOnly }, depth + 1, ref.format);
+        }
+        const target = path.isAbsolute(name) ? name : path.join(path.dirname(ref.relativeTo), name);
+        await checkGate(options.gate ?? { mode: 'permissive' }, target, ref.relativeTo);
+        return this.openAt(target, { ...options, readOnly: ref.readOnly ?? options.readOnly, detectZeroes: undefined }, depth + 1, ref.format);
+      },
+      probeFormat: (head) => this.probe(head),
+    };
+  }
+}
+
+/** `json:{…}` becomes a spec; anything else is a plain filename. */
+export function parseFilename(name: string): NodeSpec | string {
+  if (!name.startsWith('json:')) return name;
+  let value: unknown;
+  try {
+    value = JSON.parse(name.slice(5));
+  } catch (err) {
+    throw new BlockError('EINVAL', `Could not parse the json: filename: ${(err as Error).message}`, { op: 'open' });
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new BlockError('EINVAL', 'A json: filename must hold a JSON object', { op: 'open' });
+  }
+  const spec = unflatten(value as Record<string, unknown>);
+  if (typeof spec.driver !== 'string') throw new BlockError('EINVAL', "A json: filename needs a 'driver' key", { op: 'open' });
+  return spec as NodeSpec;
+}
