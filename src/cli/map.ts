@@ -5,6 +5,7 @@ import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
 import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
 import { parseSize } from './sizes.js';
+import { ChunkWriter } from './chunk-writer.js';
 
 const HELP = `usage: vdisk map [-f FMT] [--output=human|json] [--start-offset=OFF] [--max-length=LEN] [-U] [--image-opts] IMAGE
 Shows where each range of the image lives, as qemu-img map does.`;
@@ -74,25 +75,19 @@ export async function map(argv: string[], io: CliIo): Promise<number> {
   if (start > node.size) throw new UsageError(`--start-offset ${start} is past the end of the image (${node.size} bytes)`);
   const length = Math.min(maxLength ?? Infinity, node.size - start);
 
-  // Rows are batched into large writes: a map of a big sparse image has tens of thousands.
-  const lines: string[] = [];
-  const flushLines = () => {
-    if (lines.length) io.stdout.write(lines.join(''));
-    lines.length = 0;
-  };
-  if (output === 'human') lines.push('Offset          Length          Mapped to       File\n');
+  const out = new ChunkWriter(io.stdout);
+  if (output === 'human') out.write('Offset          Length          Mapped to       File\n');
   let first = true;
   for await (const e of mapEntries(node, start, length)) {
     if (output === 'json') {
-      lines.push((first ? '[' : ',\n') + jsonEntry(e));
+      out.write((first ? '[' : ',\n') + jsonEntry(e));
       first = false;
     } else if (e.data && !e.zero) {
       if (e.offset === undefined) throw new UsageError('File contains external, encrypted or compressed clusters.');
-      lines.push(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename ?? node.filename}\n`);
+      out.write(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename ?? node.filename}\n`);
     }
-    if (lines.length >= 4096) flushLines();
   }
-  if (output === 'json') lines.push(first ? '[]\n' : ']\n');
-  flushLines();
+  if (output === 'json') out.write(first ? '[]\n' : ']\n');
+  out.flush();
   return 0;
 }

@@ -78,8 +78,13 @@ export class RawNode extends BlockNode {
   }
 
   protected override async _blockStatus(offset: number, maxLength: number, opts: IoOptions): Promise<Extent> {
-    const ext = await this.child.blockStatus(this.base + offset, maxLength, opts);
-    return { ...ext, offset, depth: 0, present: true };
+    const e = await this.child.blockStatus(this.base + offset, maxLength, opts);
+    // Field by field rather than a spread: this runs once per extent of a map.
+    const out: Extent = { offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
+    if (e.compressed !== undefined) out.compressed = e.compressed;
+    if (e.hostOffset !== undefined) out.hostOffset = e.hostOffset;
+    if (e.hostFile !== undefined) out.hostFile = e.hostFile;
+    return out;
   }
 
   protected override async _resize(size: number): Promise<void> {

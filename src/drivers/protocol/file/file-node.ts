@@ -5,6 +5,7 @@ import { isPowerOfTwo } from '../../../core/limits.js';
 import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core/types.js';
 import { FALLOC, native } from '../../../native/index.js';
 import { applyLocks, defaultPermissions } from './locking.js';
+import { DataMap } from './data-map.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
 export type CacheMode = 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
@@ -21,6 +22,8 @@ export interface FileOptions extends NodeOptions {
 }
 
 const DIRECT_ALIGNMENT = 4096;
+/** Data runs one batched hole walk collects. */
+const DATA_MAP_RUNS = 4096;
 
 /** Regular files and block devices, with the sparse-file syscalls of the native addon. */
 export class FileNode extends BlockNode {
@@ -29,13 +32,18 @@ export class FileNode extends BlockNode {
   private readonly fh: fsp.FileHandle;
   private readonly isBlockDevice: boolean;
   private readonly cache: CacheMode;
+  /** We hold QEMU's lock that keeps other writers out, so cached holes stay holes. */
+  private readonly exclusive: boolean;
+  /** The last batched hole walk; dropped whenever we change the file. */
+  private dataMap: DataMap | undefined;
 
-  private constructor(opts: FileOptions, fh: fsp.FileHandle, size: number, isBlockDevice: boolean) {
+  private constructor(opts: FileOptions, fh: fsp.FileHandle, size: number, isBlockDevice: boolean, exclusive: boolean) {
     super(opts);
     this.path = opts.filename;
     this.fh = fh;
     this.isBlockDevice = isBlockDevice;
     this.cache = opts.cache ?? 'writeback';
+    this.exclusive = exclusive;
     this.size = size;
     const direct = this.cache === 'none' || this.cache === 'directsync';
     const align = Math.max(opts.requestAlignment ?? 1, direct ? DIRECT_ALIGNMENT : 1);
@@ -74,11 +82,13 @@ export class FileNode extends BlockNode {
       }
       const locking = opts.locking ?? 'auto';
       if (locking === 'on' && !native) throw new NotSupportedError('locking=on needs the native addon, which is not loaded', ctx);
-      if (locking !== 'off' && native) {
+      const locked = locking !== 'off' && native !== null;
+      if (locked) {
         const { perm, shared } = defaultPermissions(!opts.readOnly);
-        applyLocks(native, fh.fd, path, perm, shared);
+        applyLocks(native!, fh.fd, path, perm, shared);
       }
-      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice);
+      // Our locks never share WRITE, so while we hold them no cooperating process writes.
+      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice, locked);
     } catch (err) {
       await fh.close();
       throw err instanceof BlockError ? err : fromSystemError(err, ctx);
@@ -122,6 +132,7 @@ export class FileNode extends BlockNode {
   }
 
   protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    this.dataMap = undefined;
     const buf = this.ioBuffer(data, true);
     try {
       let done = 0;
@@ -141,6 +152,7 @@ export class FileNode extends BlockNode {
    * is ENOTSUP and the generic layer writes zero buffers, unless the caller forbade that.
    */
   protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    this.dataMap = undefined;
     const ctx = this.ctx('write-zeroes', offset, length);
     if (!native) throw new NotSupportedError('fallocate is not available without the native addon', ctx);
     if (this.isBlockDevice) throw new NotSupportedError('zeroing block devices is not implemented', ctx);
@@ -179,6 +191,7 @@ export class FileNode extends BlockNode {
   }
 
   protected override async _discard(offset: number, length: number, _opts: IoOptions): Promise<void> {
+    this.dataMap = undefined;
     if (!native || this.isBlockDevice) return;
     try {
       await native.fallocate(this.fh.fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, length);
@@ -196,28 +209,35 @@ export class FileNode extends BlockNode {
     }
   }
 
-  /** SEEK_DATA/SEEK_HOLE: holes read as zeros; everything in the file is present at depth 0. */
+  /**
+   * SEEK_DATA/SEEK_HOLE: holes read as zeros; everything in the file is present at depth 0.
+   * The walk is batched in the addon and kept in a DataMap until we change the file.
+   */
   protected override async _blockStatus(offset: number, maxLength: number): Promise<Extent> {
-    const base = { offset, depth: 0, present: true, hostOffset: offset, hostFile: this.path };
-    if (!native || this.isBlockDevice) return { ...base, length: maxLength, data: true, zero: false };
+    if (!native || this.isBlockDevice) return this.extent(offset, maxLength, true);
     const end = offset + maxLength;
-    let data: number;
-    try {
-      data = native.seekData(this.fh.fd, offset);
-      if (data === offset) {
-        const hole = native.seekHole(this.fh.fd, offset);
-        const stop = hole === -1 ? end : Math.min(hole, end);
-        return { ...base, length: Math.max(stop - offset, 1), data: true, zero: false };
+    let hit = this.dataMap?.lookup(offset, end);
+    if (!hit) {
+      try {
+        const found = native.mapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS);
+        this.dataMap = new DataMap(offset, Math.max(found[0]!, offset), found.subarray(1), this.exclusive);
+      } catch (err) {
+        if (isUnsupportedErrno(err)) return this.extent(offset, maxLength, true);
+        throw fromSystemError(err, this.ctx('block-status', offset, maxLength));
       }
-    } catch (err) {
-      if (isUnsupportedErrno(err)) return { ...base, length: maxLength, data: true, zero: false };
-      throw fromSystemError(err, this.ctx('block-status', offset, maxLength));
+      hit = this.dataMap.lookup(offset, end, true);
     }
-    const stop = data === -1 ? end : Math.min(data, end);
-    return { ...base, length: stop - offset, data: false, zero: true };
+    // No answer (the file shrank under us): data is the answer that is never wrong.
+    return this.extent(offset, hit ? hit.length : maxLength, hit ? hit.data : true);
+  }
+
+  // A literal, not a spread: block status runs once per extent, and spreading costs ten times more.
+  private extent(offset: number, length: number, data: boolean): Extent {
+    return { offset, length, data, zero: !data, present: true, depth: 0, hostOffset: offset, hostFile: this.path };
   }
 
   protected override async _resize(size: number): Promise<void> {
+    this.dataMap = undefined;
     if (this.isBlockDevice) throw new NotSupportedError('block devices cannot be resized', this.ctx('resize'));
     try {
       await this.fh.truncate(size);

@@ -1,0 +1,148 @@
+/**
+ * Loader for the optional native addon (DESIGN.md §10, sources in native/).
+ *
+ * The addon supplies the few syscalls Node's fs lacks. It is optional: when it
+ * is not built, cannot load (another OS, a failed `node-gyp rebuild`) or is
+ * disabled with VDISK_NO_NATIVE=1, `native` is null, `nativeStatus.reason`
+ * says why, and callers use their portable fallbacks (holes read as data,
+ * zeroing writes zeros).
+ *
+ * Errors thrown or rejected by the addon are `Error`s with `.code` (errno name,
+ * e.g. 'EOPNOTSUPP'), `.errno` (positive errno number) and `.syscall`, with a
+ * message like `fallocate: Operation not supported`. Bad argument types throw
+ * TypeError (code ERR_INVALID_ARG_TYPE / ERR_INVALID_ARG_VALUE); numbers that
+ * are not non-negative safe integers throw RangeError (ERR_OUT_OF_RANGE).
+ */
+import { createRequire } from 'node:module';
+
+export interface OfdLockHolder {
+  type: 'read' | 'write';
+  start: number;
+  /** 0 = to end of file. */
+  length: number;
+  /** -1 when the conflicting lock is itself an OFD lock (it has no owning process). */
+  pid: number;
+}
+
+export interface NativeAddon {
+  /** lseek(SEEK_DATA): first data byte at or after offset; -1 on ENXIO (no data at/after offset). */
+  seekData(fd: number, offset: number): number;
+  /** lseek(SEEK_HOLE): first hole byte at or after offset (EOF counts as a hole); -1 on ENXIO. */
+  seekHole(fd: number, offset: number): number;
+  /** fallocate(2) on the thread pool; mode is a combination of FALLOC flags (0 = allocate). */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** posix_fadvise(2); advice is one of FADV. */
+  fadvise(fd: number, offset: number, length: number, advice: number): void;
+  /** ioctl(FICLONE): make destFd share all of srcFd's extents (reflink). */
+  ficlone(destFd: number, srcFd: number): Promise<void>;
+  /** ioctl(FICLONERANGE); length 0 = to end of source. */
+  ficloneRange(srcFd: number, srcOffset: number, length: number, destFd: number, destOffset: number): Promise<void>;
+  /** fdatasync(2) on the thread pool. */
+  fdatasync(fd: number): Promise<void>;
+  /**
+   * fcntl(F_OFD_SETLK), non-blocking; length 0 = to end of file. Returns false when
+   * a conflicting lock is held (EAGAIN/EACCES), throws on any other error.
+   */
+  ofdSetLock(fd: number, type: 'read' | 'write' | 'unlock', start: number, length: number): boolean;
+  /** fcntl(F_OFD_GETLK): null when the lock could be placed, else the conflicting lock. */
+  ofdGetLock(fd: number, type: 'read' | 'write', start: number, length: number): null | OfdLockHolder;
+  /** ioctl(BLKGETSIZE64): capacity of a block device in bytes. */
+  blockDeviceSize(fd: number): number;
+  /** ioctl(BLKSSZGET): logical sector size of a block device. */
+  blockSectorSize(fd: number): number;
+  /** True when every byte of the view is zero (any TypedArray or DataView). */
+  isZero(buf: Uint8Array): boolean;
+  /**
+   * A zero-filled buffer whose memory starts on an `alignment`-byte boundary (a power of two
+   * up to 1 MiB), for O_DIRECT I/O; the memory is freed when the buffer is garbage collected.
+   */
+  alignedBuffer(size: number, alignment: number): Uint8Array;
+  /**
+   * Many SEEK_DATA/SEEK_HOLE steps in one call: `[scannedTo, s0, e0, s1, e1, …]`. Every byte of
+   * [offset, scannedTo) is described: the [s, e) runs are data, the rest holes. scannedTo < end
+   * only when maxRuns runs were found.
+   */
+  mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
+}
+
+/** fallocate(2) mode flags (Linux values; the addon's build asserts they match). */
+export const FALLOC = Object.freeze({
+  KEEP_SIZE: 1,
+  PUNCH_HOLE: 2,
+  ZERO_RANGE: 0x10,
+  COLLAPSE_RANGE: 8,
+  INSERT_RANGE: 0x20,
+} as const);
+
+/** posix_fadvise(2) advice (generic Linux numbering; the addon maps it per arch). */
+export const FADV = Object.freeze({
+  NORMAL: 0,
+  RANDOM: 1,
+  SEQUENTIAL: 2,
+  WILLNEED: 3,
+  DONTNEED: 4,
+  NOREUSE: 5,
+} as const);
+
+/** Relative to this module: src/native/ and dist/native/ both sit two levels below the package root. */
+const ADDON_PATH = '../../build/Release/vdisk_native.node';
+
+const REQUIRED: readonly (keyof NativeAddon)[] = [
+  'seekData',
+  'seekHole',
+  'fallocate',
+  'fadvise',
+  'ficlone',
+  'ficloneRange',
+  'fdatasync',
+  'ofdSetLock',
+  'ofdGetLock',
+  'blockDeviceSize',
+  'blockSectorSize',
+  'isZero',
+  'alignedBuffer',
+  'mapData',
+];
+
+function disabledByEnv(): boolean {
+  const v = process.env.VDISK_NO_NATIVE;
+  return v !== undefined && v !== '' && v !== '0';
+}
+
+function load(): { addon: NativeAddon | null; status: { loaded: boolean; reason?: string } } {
+  if (disabledByEnv()) {
+    return {
+      addon: null,
+      status: { loaded: false, reason: `native addon disabled by VDISK_NO_NATIVE=${process.env.VDISK_NO_NATIVE}` },
+    };
+  }
+  let mod: unknown;
+  try {
+    mod = createRequire(import.meta.url)(ADDON_PATH);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    const hint =
+      (err as NodeJS.ErrnoException)?.code === 'MODULE_NOT_FOUND'
+        ? 'not built (`npm run install` builds it with node-gyp)'
+        : 'failed to load';
+    return { addon: null, status: { loaded: false, reason: `native addon ${hint}: ${msg}` } };
+  }
+  // A stale build from an older checkout may lack newer functions; treat it as
+  // absent rather than fail later at a call site.
+  const missing = REQUIRED.filter((k) => typeof (mod as Record<string, unknown>)?.[k] !== 'function');
+  if (missing.length > 0) {
+    return {
+      addon: null,
+      status: { loaded: false, reason: `native addon is out of date (missing ${missing.join(', ')}); rebuild it` },
+    };
+  }
+  return { addon: mod as NativeAddon, status: { loaded: true } };
+}
+
+const result = load();
+
+/** The addon, or null when it is unavailable (see nativeStatus.reason). */
+export const native: NativeAddon | null = result.addon;
+
+/** Whether the addon loaded and, if not, why. */
+export const nativeStatus: { loaded: boolean; reason?: string } = Object.freeze(result.status);
