@@ -22,37 +22,46 @@ export interface MapEntry {
   filename?: string;
 }
 
-function toEntry(e: Extent): MapEntry {
+function mergeable(a: Extent, b: Extent): boolean {
+  if (a.depth !== b.depth || a.present !== b.present || a.zero !== b.zero || a.data !== b.data) return false;
+  if ((a.hostOffset === undefined) !== (b.hostOffset === undefined) || a.hostFile !== b.hostFile) return false;
+  return a.hostOffset === undefined || a.hostOffset + a.length === b.hostOffset;
+}
+
+/**
+ * Walks the image's extents and yields qemu-img map's merged rows, in batches. Rows are the
+ * extents themselves (a copy only where two merge): a big sparse image has tens of thousands.
+ */
+export async function* mapRows(node: BlockNode, start = 0, length = node.size - start): AsyncIterable<Extent[]> {
+  let pending: Extent | undefined;
+  let copied = false;
+  for await (const list of node.extentLists(start, length)) {
+    const rows: Extent[] = [];
+    for (const ext of list) {
+      if (pending && mergeable(pending, ext)) {
+        if (!copied) [pending, copied] = [{ ...pending }, true];
+        pending.length += ext.length;
+        continue;
+      }
+      if (pending) rows.push(pending);
+      [pending, copied] = [ext, false];
+    }
+    yield rows;
+  }
+  if (pending) yield [pending];
+}
+
+/** A row in the shape of qemu-img map --output=json. */
+export function toEntry(e: Extent): MapEntry {
   const entry: MapEntry = { start: e.offset, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
   if (e.hostOffset !== undefined) entry.offset = e.hostOffset;
   if (e.hostFile !== undefined) entry.filename = e.hostFile;
   return entry;
 }
 
-function mergeable(a: MapEntry, b: MapEntry): boolean {
-  if (a.depth !== b.depth || a.present !== b.present || a.zero !== b.zero || a.data !== b.data) return false;
-  if ((a.offset === undefined) !== (b.offset === undefined) || a.filename !== b.filename) return false;
-  return a.offset === undefined || a.offset + a.length === b.offset;
-}
-
-/** Walks the image's extents and yields qemu-img map's merged rows. */
-export async function* mapEntries(node: BlockNode, start = 0, length = node.size - start): AsyncIterable<MapEntry> {
-  let pending: MapEntry | undefined;
-  for await (const ext of node.extents(start, length)) {
-    const entry = toEntry(ext);
-    if (pending && mergeable(pending, entry)) {
-      pending.length += entry.length;
-      continue;
-    }
-    if (pending) yield pending;
-    pending = entry;
-  }
-  if (pending) yield pending;
-}
-
-export function jsonEntry(e: MapEntry): string {
-  const offset = e.offset !== undefined ? `, "offset": ${e.offset}` : '';
-  return `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${offset}}`;
+export function jsonRow(e: Extent): string {
+  const offset = e.hostOffset !== undefined ? `, "offset": ${e.hostOffset}` : '';
+  return `{ "start": ${e.offset}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${offset}}`;
 }
 
 function hex(n: number): string {
@@ -78,13 +87,13 @@ export async function map(argv: string[], io: CliIo): Promise<number> {
   const out = new ChunkWriter(io.stdout);
   if (output === 'human') out.write('Offset          Length          Mapped to       File\n');
   let first = true;
-  for await (const e of mapEntries(node, start, length)) {
+  for await (const rows of mapRows(node, start, length)) for (const e of rows) {
     if (output === 'json') {
-      out.write((first ? '[' : ',\n') + jsonEntry(e));
+      out.write((first ? '[' : ',\n') + jsonRow(e));
       first = false;
     } else if (e.data && !e.zero) {
-      if (e.offset === undefined) throw new UsageError('File contains external, encrypted or compressed clusters.');
-      out.write(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${e.filename ?? node.filename}\n`);
+      if (e.hostOffset === undefined) throw new UsageError('File contains external, encrypted or compressed clusters.');
+      out.write(`${hex(e.offset).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.hostOffset).padEnd(16)}${e.hostFile ?? node.filename}\n`);
     }
   }
   if (output === 'json') out.write(first ? '[]\n' : ']\n');

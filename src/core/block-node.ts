@@ -49,6 +49,12 @@ export abstract class BlockNode implements BlockDevice {
   protected _discard?(offset: number, length: number, opts: IoOptions): Promise<void>;
   protected _flush?(opts: IoOptions): Promise<void>;
   protected _blockStatus?(offset: number, maxLength: number, opts: IoOptions): Promise<Extent>;
+  /**
+   * Several consecutive extents from `offset` in one call (at least one). Optional: drivers that
+   * learn many runs at once (a batched hole walk, an NBD block-status reply) pass them up whole,
+   * so a walk over a big sparse image crosses each layer once per batch instead of per extent.
+   */
+  protected _blockStatusList?(offset: number, maxLength: number, opts: IoOptions): Promise<Extent[]>;
   protected _resize?(size: number): Promise<void>;
   protected _close?(): Promise<void>;
 
@@ -110,7 +116,7 @@ export abstract class BlockNode implements BlockDevice {
       zero: !writable ? 'none' : this._writeZeroes ? 'native' : 'emulate',
       discard: writable && this._discard ? 'native' : 'none',
       fastZero: writable && this._writeZeroes !== undefined,
-      blockStatus: this._blockStatus !== undefined,
+      blockStatus: this._blockStatus !== undefined || this._blockStatusList !== undefined,
       multiConn: true,
       resize: writable && this._resize !== undefined,
     };
@@ -220,27 +226,39 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async blockStatus(offset: number, maxLength: number, opts: IoOptions = {}): Promise<Extent> {
-    this.checkOpen('block-status', opts);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(maxLength) || offset < 0 || offset >= this.size || maxLength <= 0) {
-      throw new BlockError('ERANGE', `block status at offset ${offset} is outside the image (size ${this.size})`,
-        this.ctx('block-status', offset, maxLength));
+    const length = this.checkStatusRange(offset, maxLength, opts);
+    if (this._blockStatus) {
+      const ext = await this.run(() => this._blockStatus!(offset, length, opts));
+      this.checkExtents([ext], offset, length);
+      return ext;
     }
-    const length = Math.min(maxLength, this.size - offset);
-    if (!this._blockStatus) return { offset, length, data: true, zero: false, present: true, depth: 0 };
-    const ext = await this.run(() => this._blockStatus!(offset, length, opts));
-    if (ext.offset !== offset || !(ext.length > 0) || ext.length > length) {
-      throw new BlockError('EIO', `${this.driver}: block status returned an invalid extent`, this.ctx('block-status', offset, length));
-    }
-    return ext;
+    return (await this.blockStatusList(offset, length, opts))[0]!;
+  }
+
+  /** Consecutive extents from `offset` (at least one, within maxLength), as many as are at hand. */
+  async blockStatusList(offset: number, maxLength: number, opts: IoOptions = {}): Promise<Extent[]> {
+    const length = this.checkStatusRange(offset, maxLength, opts);
+    let list: Extent[];
+    if (this._blockStatusList) list = await this.run(() => this._blockStatusList!(offset, length, opts));
+    else if (this._blockStatus) list = [await this.run(() => this._blockStatus!(offset, length, opts))];
+    else list = [{ offset, length, data: true, zero: false, present: true, depth: 0 }];
+    this.checkExtents(list, offset, length);
+    return list;
   }
 
   async *extents(offset: number, length: number, opts: IoOptions = {}): AsyncIterable<Extent> {
+    for await (const list of this.extentLists(offset, length, opts)) yield* list;
+  }
+
+  /** The extents of a range in batches: the cheap way to walk a large image. */
+  async *extentLists(offset: number, length: number, opts: IoOptions = {}): AsyncIterable<Extent[]> {
     this.checkRange('block-status', offset, length);
     const end = offset + length;
     for (let pos = offset; pos < end;) {
-      const ext = await this.blockStatus(pos, end - pos, opts);
-      yield ext;
-      pos += ext.length;
+      const list = await this.blockStatusList(pos, end - pos, opts);
+      yield list;
+      const last = list[list.length - 1]!;
+      pos = last.offset + last.length;
     }
   }
 
@@ -306,6 +324,27 @@ export abstract class BlockNode implements BlockDevice {
   private checkOpen(op: string, opts: IoOptions): void {
     if (this.state !== 'open') throw new BlockError('ESHUTDOWN', `${op} on a closed image`, this.ctx(op));
     if (opts.signal?.aborted) throw new BlockError('E_ABORTED', `${op} was cancelled`, this.ctx(op), { cause: opts.signal.reason });
+  }
+
+  private checkStatusRange(offset: number, maxLength: number, opts: IoOptions): number {
+    this.checkOpen('block-status', opts);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(maxLength) || offset < 0 || offset >= this.size || maxLength <= 0) {
+      throw new BlockError('ERANGE', `block status at offset ${offset} is outside the image (size ${this.size})`,
+        this.ctx('block-status', offset, maxLength));
+    }
+    return Math.min(maxLength, this.size - offset);
+  }
+
+  /** Driver answers must tile [offset, …) without gaps and stay inside the request. */
+  private checkExtents(list: Extent[], offset: number, length: number): void {
+    let pos = offset;
+    for (const e of list) {
+      if (e.offset !== pos || !(e.length > 0) || pos + e.length > offset + length) {
+        throw new BlockError('EIO', `${this.driver}: block status returned an invalid extent`, this.ctx('block-status', offset, length));
+      }
+      pos += e.length;
+    }
+    if (list.length === 0) throw new BlockError('EIO', `${this.driver}: block status returned no extent`, this.ctx('block-status', offset, length));
   }
 
   private checkRange(op: string, offset: number, length: number): void {

@@ -53,8 +53,8 @@ export abstract class FilterNode extends BlockNode {
     return this.child.flush(opts);
   }
 
-  protected override _blockStatus(offset: number, maxLength: number, opts: IoOptions): Promise<Extent> {
-    return this.child.blockStatus(offset, maxLength, opts);
+  protected override _blockStatusList(offset: number, maxLength: number, opts: IoOptions): Promise<Extent[]> {
+    return this.child.blockStatusList(offset, maxLength, opts);
   }
 
   protected override async _resize(size: number): Promise<void> {

@@ -77,14 +77,19 @@ export class RawNode extends BlockNode {
     await this.child.flush(opts);
   }
 
-  protected override async _blockStatus(offset: number, maxLength: number, opts: IoOptions): Promise<Extent> {
-    const e = await this.child.blockStatus(this.base + offset, maxLength, opts);
+  protected override async _blockStatusList(offset: number, maxLength: number, opts: IoOptions): Promise<Extent[]> {
+    const list = await this.child.blockStatusList(this.base + offset, maxLength, opts);
+    // A protocol child's extents are already at depth 0 and present; with no offset to shift
+    // they are ours as they stand, and a map of a big sparse file copies nothing.
+    if (this.base === 0 && list.every((e) => e.depth === 0 && e.present)) return list;
     // Field by field rather than a spread: this runs once per extent of a map.
-    const out: Extent = { offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
-    if (e.compressed !== undefined) out.compressed = e.compressed;
-    if (e.hostOffset !== undefined) out.hostOffset = e.hostOffset;
-    if (e.hostFile !== undefined) out.hostFile = e.hostFile;
-    return out;
+    return list.map((e) => {
+      const out: Extent = { offset: e.offset - this.base, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
+      if (e.compressed !== undefined) out.compressed = e.compressed;
+      if (e.hostOffset !== undefined) out.hostOffset = e.hostOffset;
+      if (e.hostFile !== undefined) out.hostFile = e.hostFile;
+      return out;
+    });
   }
 
   protected override async _resize(size: number): Promise<void> {

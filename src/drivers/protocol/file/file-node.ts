@@ -213,8 +213,8 @@ export class FileNode extends BlockNode {
    * SEEK_DATA/SEEK_HOLE: holes read as zeros; everything in the file is present at depth 0.
    * The walk is batched in the addon and kept in a DataMap until we change the file.
    */
-  protected override async _blockStatus(offset: number, maxLength: number): Promise<Extent> {
-    if (!native || this.isBlockDevice) return this.extent(offset, maxLength, true);
+  protected override async _blockStatusList(offset: number, maxLength: number): Promise<Extent[]> {
+    if (!native || this.isBlockDevice) return [this.extent(offset, maxLength, true)];
     const end = offset + maxLength;
     let hit = this.dataMap?.lookup(offset, end);
     if (!hit) {
@@ -222,13 +222,22 @@ export class FileNode extends BlockNode {
         const found = native.mapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS);
         this.dataMap = new DataMap(offset, Math.max(found[0]!, offset), found.subarray(1), this.exclusive);
       } catch (err) {
-        if (isUnsupportedErrno(err)) return this.extent(offset, maxLength, true);
+        if (isUnsupportedErrno(err)) return [this.extent(offset, maxLength, true)];
         throw fromSystemError(err, this.ctx('block-status', offset, maxLength));
       }
       hit = this.dataMap.lookup(offset, end, true);
+      // No answer (the file shrank under us): data is the answer that is never wrong.
+      if (!hit) return [this.extent(offset, maxLength, true)];
     }
-    // No answer (the file shrank under us): data is the answer that is never wrong.
-    return this.extent(offset, hit ? hit.length : maxLength, hit ? hit.data : true);
+    const list = [this.extent(offset, hit.length, hit.data)];
+    // Everything else this walk saw up to `end`, while it can still be trusted.
+    for (let pos = offset + hit.length; pos < end && list.length < DATA_MAP_RUNS;) {
+      const next = this.dataMap!.lookup(pos, end);
+      if (!next) break;
+      list.push(this.extent(pos, next.length, next.data));
+      pos += next.length;
+    }
+    return list;
   }
 
   // A literal, not a spread: block status runs once per extent, and spreading costs ten times more.
