@@ -96,7 +96,8 @@ export async function map(argv: string[], io: CliIo): Promise<number> {
       out.write(`${hex(e.offset).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.hostOffset).padEnd(16)}${e.hostFile ?? node.filename}\n`);
     }
   }
-  if (output === 'json') out.write(first ? '[]\n' : ']\n');
+  // An empty image is one empty row to qemu-img, not an empty list.
+  if (output === 'json') out.write(first ? `[${jsonRow({ offset: start, length: 0, depth: 0, present: false, zero: false, data: false })}]\n` : ']\n');
   out.flush();
   return 0;
 }

@@ -3,7 +3,7 @@ import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
 import { checkGate, DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
-import { enumOption, unflatten } from './options.js';
+import { boolOption, enumOption, unflatten } from './options.js';
 
 /** How much of an image's start the probes see (QEMU reads the same 2 KiB). */
 export const PROBE_BYTES = 2048;
@@ -103,7 +103,9 @@ export class Registry {
         throw new BlockError('EINVAL', `Block driver '${spec.driver}' does not support the option '${key}'`, { op: 'open' });
       }
     }
-    const ctx = this.context(options, depth);
+    // Read-only on a node holds for everything below it, as in QEMU.
+    const readOnly = boolOption(spec, 'read-only');
+    const ctx = this.context(readOnly ? { ...options, readOnly } : options, depth);
     const node = await driver.open(spec, ctx);
     const dz = enumOption(spec, 'detect-zeroes', ['off', 'on', 'unmap'] as const);
     if (dz) node.detectZeroes = dz;

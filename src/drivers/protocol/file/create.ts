@@ -1,7 +1,7 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import { BlockError, fromSystemError } from '../../../core/errors.js';
 import { native } from '../../../native/index.js';
-import { applyLocks, defaultPermissions } from './locking.js';
+import { applyLocks, permissionsFor } from './locking.js';
 
 export type FilePreallocation = 'off' | 'falloc' | 'full';
 
@@ -26,8 +26,11 @@ export async function createFile(path: string, size: number, preallocation: File
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new BlockError('EINVAL', `Could not create '${path}': not a regular file`, ctx);
-    // Never truncate an image another process (vdisk or QEMU) has open for writing.
-    if (native) applyLocks(native, fh.fd, path, defaultPermissions(true).perm, defaultPermissions(true).shared);
+    // Never truncate an image that a process (vdisk or QEMU) holds with writers locked out.
+    if (native) {
+      const { perm, shared } = permissionsFor(true, true);
+      applyLocks(native, fh.fd, path, perm, shared);
+    }
     await fh.truncate(0);
     if (preallocation === 'falloc' && size > 0) {
       if (!native) throw new BlockError('ENOTSUP', 'preallocation=falloc needs the native addon, which is not loaded', ctx);

@@ -1,15 +1,26 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * The data runs of a stretch of a sparse file, as one batched SEEK_DATA/SEEK_HOLE walk found
  * them: [start, scannedTo) is fully described, `runs` holds [s0, e0, s1, e1, …] in order.
  */
 export class DataMap {
+  private readonly holesUntil: number;
+
   constructor(
     readonly start: number,
     readonly scannedTo: number,
     private readonly runs: Float64Array,
-    /** Hole answers may be served too (no other writer can fill a hole behind our back). */
-    readonly holesValid: boolean,
-  ) {}
+    /** How long hole answers stay trustworthy (Infinity when no one else can write the file). */
+    holeTtlMs: number,
+  ) {
+    this.holesUntil = performance.now() + holeTtlMs;
+  }
+
+  /** Data stays data until we write (only our own discard makes holes); holes age. */
+  get holesValid(): boolean {
+    return performance.now() < this.holesUntil;
+  }
 
   /**
    * The run at `offset` clipped to `end`, or undefined when this map cannot answer. A hole is

@@ -1,10 +1,10 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
 import { BlockError, fromSystemError, NotSupportedError } from '../../../core/errors.js';
-import { isPowerOfTwo } from '../../../core/limits.js';
+import { alignUp, isPowerOfTwo } from '../../../core/limits.js';
 import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core/types.js';
 import { FALLOC, native } from '../../../native/index.js';
-import { applyLocks, defaultPermissions } from './locking.js';
+import { applyLocks, PERM, permissionsFor } from './locking.js';
 import { DataMap } from './data-map.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
@@ -19,9 +19,21 @@ export interface FileOptions extends NodeOptions {
   requestAlignment?: number;
   /** Create the file if it does not exist (used by `create`). */
   create?: boolean;
+  /**
+   * Let no other process write or resize the file while it is open (QEMU's format nodes ask
+   * this of their file). Without it, writers share the file as qemu-io's do on raw images.
+   */
+  exclusive?: boolean;
 }
 
 const DIRECT_ALIGNMENT = 4096;
+const SECTOR = 512;
+/**
+ * How long holes from a batched walk are trusted when other processes may write the file. A
+ * live answer is just as stale by the time it is used; the bound keeps a cached one from
+ * growing old. QEMU caches data runs only; we keep holes briefly so a map stays linear.
+ */
+const SHARED_HOLE_TTL_MS = 200;
 /** Data runs one batched hole walk collects. */
 const DATA_MAP_RUNS = 4096;
 
@@ -75,20 +87,20 @@ export class FileNode extends BlockNode {
       const st = await fh.stat();
       if (st.isDirectory()) throw new BlockError('EINVAL', `Could not open '${path}': Is a directory`, ctx);
       const isBlockDevice = st.isBlockDevice();
-      let size = st.size;
+      // QEMU counts images in whole sectors: a file's tail past EOF reads as zeros and a write
+      // there extends the file. Matching it keeps sizes and maps identical to qemu-img's.
+      let size = alignUp(st.size, SECTOR);
       if (isBlockDevice) {
         if (!native) throw new NotSupportedError(`Block devices need the native addon, which is not loaded`, ctx);
         size = native.blockDeviceSize(fh.fd);
       }
       const locking = opts.locking ?? 'auto';
       if (locking === 'on' && !native) throw new NotSupportedError('locking=on needs the native addon, which is not loaded', ctx);
+      const { perm, shared } = permissionsFor(!opts.readOnly, opts.exclusive ?? false);
       const locked = locking !== 'off' && native !== null;
-      if (locked) {
-        const { perm, shared } = defaultPermissions(!opts.readOnly);
-        applyLocks(native!, fh.fd, path, perm, shared);
-      }
-      // Our locks never share WRITE, so while we hold them no cooperating process writes.
-      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice, locked);
+      if (locked) applyLocks(native!, fh.fd, path, perm, shared);
+      // While we hold a lock that shares no WRITE, no cooperating process writes the file.
+      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice, locked && (shared & PERM.WRITE) === 0);
     } catch (err) {
       await fh.close();
       throw err instanceof BlockError ? err : fromSystemError(err, ctx);
@@ -220,7 +232,7 @@ export class FileNode extends BlockNode {
     if (!hit) {
       try {
         const found = native.mapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS);
-        this.dataMap = new DataMap(offset, Math.max(found[0]!, offset), found.subarray(1), this.exclusive);
+        this.dataMap = new DataMap(offset, Math.max(found[0]!, offset), found.subarray(1), this.exclusive ? Infinity : SHARED_HOLE_TTL_MS);
       } catch (err) {
         if (isUnsupportedErrno(err)) return [this.extent(offset, maxLength, true)];
         throw fromSystemError(err, this.ctx('block-status', offset, maxLength));

@@ -12,7 +12,7 @@ export const fileDriver: DriverDef = {
   name: 'file',
   aliases: ['host_device'],
   kind: 'protocol',
-  options: ['filename', 'cache', 'locking', 'request-alignment', 'aio'],
+  options: ['filename', 'cache', 'locking', 'request-alignment', 'aio', 'exclusive'],
   async open(spec, ctx) {
     const filename = stringOption(spec, 'filename');
     if (!filename) throw new BlockError('EINVAL', "file: the 'filename' option is required", { op: 'open' });
@@ -23,6 +23,7 @@ export const fileDriver: DriverDef = {
       cache: enumOption(spec, 'cache', CACHE_MODES) ?? ctx.options.cache,
       locking: enumOption(spec, 'locking', ['auto', 'on', 'off'] as const) ?? ctx.options.locking,
       requestAlignment: numberOption(spec, 'request-alignment'),
+      exclusive: boolOption(spec, 'exclusive'),
       nodeName: stringOption(spec, 'node-name'),
     });
   },

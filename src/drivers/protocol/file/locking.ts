@@ -14,11 +14,18 @@ const ALL = (1 << PERM_BITS) - 1;
 const LOCK_PERM_BASE = 100;
 const LOCK_SHARED_BASE = 200;
 
-/** What qemu-img and qemu-io take by default (they share nothing a writer could break). */
-export function defaultPermissions(writable: boolean): { perm: number; shared: number } {
+/**
+ * The permissions QEMU 7.2 takes on an image file. A raw image (and qemu-io, qemu-nbd over raw)
+ * takes read (+ write) and shares everything, so raw writers coexist as they do in QEMU. A
+ * format that owns the file's layout (qcow2, VMDK) is `exclusive`: it also takes resize when
+ * writable and lets no one else write or resize, as QEMU's format nodes do.
+ */
+export function permissionsFor(writable: boolean, exclusive: boolean): { perm: number; shared: number } {
+  const all = PERM.CONSISTENT_READ | PERM.WRITE | PERM.WRITE_UNCHANGED | PERM.RESIZE;
+  if (!exclusive) return { perm: PERM.CONSISTENT_READ | (writable ? PERM.WRITE : 0), shared: all };
   return writable
     ? { perm: PERM.CONSISTENT_READ | PERM.WRITE | PERM.RESIZE, shared: PERM.CONSISTENT_READ | PERM.WRITE_UNCHANGED }
-    : { perm: PERM.CONSISTENT_READ, shared: PERM.CONSISTENT_READ | PERM.WRITE_UNCHANGED };
+    : { perm: PERM.CONSISTENT_READ, shared: PERM.CONSISTENT_READ | PERM.WRITE_UNCHANGED | PERM.RESIZE };
 }
 
 /** Takes the lock bytes for (perm, shared) on fd and fails with E_LOCKED if another holder conflicts. */

@@ -1,0 +1,57 @@
+import { execFile, execFileSync } from 'node:child_process';
+import type { TestContext } from 'node:test';
+
+/**
+ * The real peers (qemu-img, qemu-io, qemu-nbd, nbdkit, nbdinfo, nbdcopy, fio) are the oracles of
+ * the interop tests. A missing one skips the test with a message, unless VDISK_REQUIRE_ORACLES=1
+ * (CI), when the test fails instead.
+ */
+const known = new Map<string, boolean>();
+
+export function haveTool(name: string): boolean {
+  let ok = known.get(name);
+  if (ok === undefined) {
+    try {
+      execFileSync(name, ['--version'], { stdio: 'ignore' });
+      ok = true;
+    } catch {
+      ok = false;
+    }
+    known.set(name, ok);
+  }
+  return ok;
+}
+
+/** True when every tool is installed; otherwise skips t (or throws under VDISK_REQUIRE_ORACLES=1). */
+export function needTools(t: TestContext, ...names: string[]): boolean {
+  const missing = names.filter((n) => !haveTool(n));
+  if (missing.length === 0) return true;
+  const why = `needs ${missing.join(', ')} (Debian: qemu-utils nbdkit libnbd-bin fio)`;
+  if (process.env.VDISK_REQUIRE_ORACLES === '1') throw new Error(`${why}, and VDISK_REQUIRE_ORACLES=1`);
+  t.skip(why);
+  return false;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion; never throws for a non-zero exit. */
+export function run(cmd: string, args: readonly string[], opts: { input?: string; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { cwd: opts.cwd, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err && typeof (err as NodeJS.ErrnoException).code === 'string') return reject(err);
+      resolve({ code: child.exitCode ?? 1, stdout, stderr });
+    });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+/** Runs a command that must succeed and returns its stdout. */
+export async function runOk(cmd: string, args: readonly string[], opts: { input?: string; cwd?: string } = {}): Promise<string> {
+  const r = await run(cmd, args, opts);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
