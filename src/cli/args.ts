@@ -26,10 +26,11 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
   const positionals: string[] = [];
   const byShort = new Map(specs.filter((s) => s.short).map((s) => [s.short!, s]));
   const byLong = new Map(specs.filter((s) => s.long).map((s) => [s.long!, s]));
-  const add = (spec: OptionSpec, value: string, shown: string) => {
+  const add = (spec: OptionSpec, value: string) => {
     const key = spec.long ?? spec.short!;
     const list = options.get(key) ?? [];
-    if (list.length > 0 && !spec.multiple && spec.value) throw new UsageError(`${command}: option '${shown}' given more than once`);
+    // As with qemu-img, a repeated single-valued option is not an error: the last one wins.
+    if (!spec.multiple) list.length = 0;
     list.push(value);
     options.set(key, list);
   };
@@ -47,10 +48,10 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
       if (spec.value) {
         let value: string | undefined = eq === -1 ? argv[++i] : arg.slice(eq + 1);
         if (value === undefined) throw new UsageError(`${command}: option '--${name}' requires an argument`);
-        add(spec, value, `--${name}`);
+        add(spec, value);
       } else {
         if (eq !== -1) throw new UsageError(`${command}: option '--${name}' doesn't allow an argument`);
-        add(spec, '', `--${name}`);
+        add(spec, '');
       }
       continue;
     }
@@ -62,10 +63,10 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
         if (spec.value) {
           const value = j + 1 < arg.length ? arg.slice(j + 1) : argv[++i];
           if (value === undefined) throw new UsageError(`${command}: option requires an argument -- '${letter}'`);
-          add(spec, value, `-${letter}`);
+          add(spec, value);
           break;
         }
-        add(spec, '', `-${letter}`);
+        add(spec, '');
       }
       continue;
     }

@@ -55,3 +55,22 @@ export async function runOk(cmd: string, args: readonly string[], opts: { input?
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
   return r.stdout;
 }
+
+/** One entry of `qemu-img map --output=json`. */
+export interface QemuMapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+}
+
+/**
+ * `qemu-img map --output=json -f FORMAT FILE`. Run it before anything reads the file: on ext4
+ * a reserved (unwritten) range whose pages a read has cached reports as data afterwards.
+ */
+export async function qemuImgMap(file: string, format = 'raw'): Promise<QemuMapEntry[]> {
+  return JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', format, file])) as QemuMapEntry[];
+}
