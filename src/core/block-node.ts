@@ -42,6 +42,9 @@ export abstract class BlockNode implements BlockDevice {
   private inFlight = 0;
   private idle: (() => void)[] = [];
   private state: 'open' | 'closing' | 'closed' = 'open';
+  private closing: Promise<void> | undefined;
+  /** Set while resize() changes the size; new requests wait for it. */
+  private resizing: Promise<void> | undefined;
 
   protected abstract _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void>;
   protected _write?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void>;
@@ -125,6 +128,7 @@ export abstract class BlockNode implements BlockDevice {
   // ---- public API -------------------------------------------------------------------------
 
   async read(offset: number, into: Uint8Array, opts: IoOptions = {}): Promise<void> {
+    if (this.resizing) await this.resizing;
     const length = into.byteLength;
     this.checkIo('read', offset, length, opts);
     if (length === 0) return;
@@ -143,6 +147,7 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    if (this.resizing) await this.resizing;
     const length = data.byteLength;
     this.checkWritable('write', offset, length, opts);
     if (length === 0) return;
@@ -163,6 +168,7 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    if (this.resizing) await this.resizing;
     this.checkWritable('write-zeroes', offset, length, opts);
     if (length === 0) return;
     if (!this._writeZeroes && (opts.noFallback || opts.allocate)) {
@@ -179,10 +185,12 @@ export abstract class BlockNode implements BlockDevice {
         if (innerStart >= innerEnd) {
           await this.readModifyWrite(offset, zeroBuffer(length), start, end, opts);
         } else {
+          // Whole blocks first: if the hook refuses a noFallback request (NBD FAST_ZERO), nothing
+          // has been written yet, as the failure promises.
+          await this.zeroAligned(innerStart, innerEnd - innerStart, opts);
           if (offset < innerStart) {
             await this.readModifyWrite(offset, zeroBuffer(innerStart - offset), start, innerStart, opts);
           }
-          await this.zeroAligned(innerStart, innerEnd - innerStart, opts);
           if (innerEnd < offset + length) {
             await this.readModifyWrite(innerEnd, zeroBuffer(offset + length - innerEnd), innerEnd, end, opts);
           }
@@ -195,6 +203,7 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async discard(offset: number, length: number, opts: IoOptions = {}): Promise<void> {
+    if (this.resizing) await this.resizing;
     this.checkWritable('discard', offset, length, opts);
     if (length === 0 || !this._discard) return;
     // Discard is advisory: shrink to whole discard blocks and leave partial ones alone.
@@ -226,6 +235,7 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async blockStatus(offset: number, maxLength: number, opts: IoOptions = {}): Promise<Extent> {
+    if (this.resizing) await this.resizing;
     const length = this.checkStatusRange(offset, maxLength, opts);
     if (this._blockStatus) {
       const ext = await this.run(() => this._blockStatus!(offset, length, opts));
@@ -237,6 +247,7 @@ export abstract class BlockNode implements BlockDevice {
 
   /** Consecutive extents from `offset` (at least one, within maxLength), as many as are at hand. */
   async blockStatusList(offset: number, maxLength: number, opts: IoOptions = {}): Promise<Extent[]> {
+    if (this.resizing) await this.resizing;
     const length = this.checkStatusRange(offset, maxLength, opts);
     let list: Extent[];
     if (this._blockStatusList) list = await this.run(() => this._blockStatusList!(offset, length, opts));
@@ -263,15 +274,28 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   async resize(size: number): Promise<void> {
+    while (this.resizing) await this.resizing;
     this.checkOpen('resize', {});
     if (!Number.isSafeInteger(size) || size < 0) {
       throw new BlockError('EINVAL', `Invalid size ${size}`, this.ctx('resize'));
     }
     if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', this.ctx('resize'));
     if (!this._resize) throw new NotSupportedError(`${this.driver} images cannot be resized`, this.ctx('resize'));
-    await this.drain();
-    await this._resize(size);
-    this.size = size;
+    // Requests in flight finish against the old size (drain); requests that arrive meanwhile
+    // wait at `resizing` and are then checked against the new one. Without this, a write checked
+    // against the old size could land past the new end (and grow a file back). A hook must not
+    // call this node's own public API, or that call would wait for the resize that waits for it.
+    const done = (async () => {
+      await this.drain();
+      await this._resize!(size);
+      this.size = size;
+    })();
+    this.resizing = done.then(() => undefined, () => undefined);
+    try {
+      await done;
+    } finally {
+      this.resizing = undefined;
+    }
   }
 
   /** Waits until no request is in flight. */
@@ -280,8 +304,13 @@ export abstract class BlockNode implements BlockDevice {
     await new Promise<void>((resolve) => this.idle.push(resolve));
   }
 
-  async close(): Promise<void> {
-    if (this.state !== 'open') return;
+  close(): Promise<void> {
+    // Every caller waits for the one close: a second close() must not return while the first
+    // is still draining requests or closing children.
+    return (this.closing ??= this.doClose());
+  }
+
+  private async doClose(): Promise<void> {
     this.state = 'closing';
     try {
       await this.drain();
@@ -328,7 +357,11 @@ export abstract class BlockNode implements BlockDevice {
 
   private checkStatusRange(offset: number, maxLength: number, opts: IoOptions): number {
     this.checkOpen('block-status', opts);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(maxLength) || offset < 0 || offset >= this.size || maxLength <= 0) {
+    // Numbers that are no byte count at all are EINVAL, as for every other request.
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(maxLength) || offset < 0 || maxLength < 0) {
+      throw new BlockError('EINVAL', `block-status: invalid offset ${offset} or length ${maxLength}`, this.ctx('block-status', offset, maxLength));
+    }
+    if (offset >= this.size || maxLength === 0) {
       throw new BlockError('ERANGE', `block status at offset ${offset} is outside the image (size ${this.size})`,
         this.ctx('block-status', offset, maxLength));
     }

@@ -5,6 +5,7 @@ import { memoryDriver } from '../drivers/protocol/memory/index.js';
 import { nullDriver } from '../drivers/protocol/null/index.js';
 import type { NodeSpec, OpenOptions } from './driver.js';
 import { Registry } from './registry.js';
+import { knownFormats } from './known-formats.js';
 
 export { Registry, parseFilename, PROBE_BYTES } from './registry.js';
 export type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
@@ -12,7 +13,7 @@ export type { OpenGate } from './open-gate.js';
 export { DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
 
 /** The registry with every built-in driver. */
-export const registry = new Registry([fileDriver, memoryDriver, nullDriver, rawDriver]);
+export const registry = new Registry([fileDriver, memoryDriver, nullDriver, rawDriver, ...knownFormats]);
 
 /** Opens an image (filename, `json:{…}` or node spec) with the built-in drivers. */
 export function open(spec: string | NodeSpec, options?: OpenOptions): Promise<BlockNode> {

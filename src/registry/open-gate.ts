@@ -22,7 +22,8 @@ export async function checkGate(gate: OpenGate, target: string, namedBy: string)
   for (const dir of gate.dirs) {
     const root = await realpath(dir).catch(() => path.resolve(dir));
     const rel = path.relative(root, real);
-    if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) return;
+    // Outside means `..` as the first path component, not any name that starts with two dots.
+    if (rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel))) return;
   }
   throw new BlockError('EPERM', `'${namedBy}' refers to '${target}', which is outside the allowed directories`, ctx);
 }

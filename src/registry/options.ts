@@ -48,11 +48,26 @@ export function unflatten(spec: Record<string, unknown>): Record<string, unknown
     for (const part of parts.slice(0, -1)) {
       const next = at[part];
       if (typeof next === 'string') at[part] = { filename: next };
-      else if (next === undefined || next === null || typeof next !== 'object') at[part] = {};
+      else if (!isPlainObject(next)) at[part] = {};
       at = at[part] as Record<string, unknown>;
     }
     const last = parts[parts.length - 1]!;
-    at[last] = value !== null && typeof value === 'object' && !Array.isArray(value) ? unflatten(value as Record<string, unknown>) : value;
+    // Merged with what dotted keys already put there, so the order of the keys does not matter.
+    at[last] = merge(at[last], isPlainObject(value) ? unflatten(value) : value);
   }
+  return out;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function merge(prev: unknown, next: unknown): unknown {
+  if (!isPlainObject(prev)) return next;
+  // A child named by filename (`file: 'a.img'`) plus dotted options for it (`file.cache`).
+  if (typeof next === 'string') return { filename: next, ...prev };
+  if (!isPlainObject(next)) return next;
+  const out: Record<string, unknown> = { ...prev };
+  for (const [k, v] of Object.entries(next)) out[k] = merge(out[k], v);
   return out;
 }

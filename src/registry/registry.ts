@@ -105,9 +105,10 @@ export class Registry {
     }
     // Read-only on a node holds for everything below it, as in QEMU.
     const readOnly = boolOption(spec, 'read-only');
+    // Checked before the driver opens anything, so a bad value cannot leak an open node.
+    const dz = enumOption(spec, 'detect-zeroes', ['off', 'on', 'unmap'] as const);
     const ctx = this.context(readOnly ? { ...options, readOnly } : options, depth);
     const node = await driver.open(spec, ctx);
-    const dz = enumOption(spec, 'detect-zeroes', ['off', 'on', 'unmap'] as const);
     if (dz) node.detectZeroes = dz;
     return node;
   }
@@ -147,7 +148,9 @@ export function parseFilename(name: string): NodeSpec | string {
   try {
     value = JSON.parse(name.slice(5));
   } catch (err) {
-    throw new BlockError('EINVAL', `Could not parse the json: filename: ${(err as Error).message}`, { op: 'open' });
+    // V8 quotes the offending text, newlines and all; an error message stays on one line.
+    const why = (err as Error).message.replace(/\s+/g, ' ');
+    throw new BlockError('EINVAL', `Could not parse the json: filename: ${why}`, { op: 'open' });
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new BlockError('EINVAL', 'A json: filename must hold a JSON object', { op: 'open' });

@@ -42,6 +42,10 @@ export class RawNode extends BlockNode {
     // layer does the read-modify-write.
     const fileAlign = file.limits.requestAlignment;
     this.limits = { ...file.limits, requestAlignment: base % fileAlign === 0 ? fileAlign : 1 };
+    // As in QEMU, a probed image is written in whole sectors: sector 0 then only changes by a
+    // read-modify-write of all of it, serialised by the generic layer, so two concurrent partial
+    // writes cannot each pass the check below and together plant a header.
+    if (this.probe) this.limits.requestAlignment = Math.max(this.limits.requestAlignment, SECTOR);
   }
 
   private get child(): BlockNode {

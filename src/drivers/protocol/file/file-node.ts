@@ -48,6 +48,8 @@ export class FileNode extends BlockNode {
   private readonly exclusive: boolean;
   /** The last batched hole walk; dropped whenever we change the file. */
   private dataMap: DataMap | undefined;
+  /** A buffered descriptor for the unaligned tail of an O_DIRECT file (see handleFor). */
+  private tailFh: Promise<fsp.FileHandle> | undefined;
 
   private constructor(opts: FileOptions, fh: fsp.FileHandle, size: number, isBlockDevice: boolean, exclusive: boolean) {
     super(opts);
@@ -127,11 +129,12 @@ export class FileNode extends BlockNode {
   }
 
   protected async _read(offset: number, into: Uint8Array): Promise<void> {
-    const buf = this.ioBuffer(into);
+    const fh = await this.handleFor(into.byteLength);
+    const buf = fh === this.fh ? this.ioBuffer(into) : into;
     let done = 0;
     try {
       while (done < buf.byteLength) {
-        const { bytesRead } = await this.fh.read(buf, done, buf.byteLength - done, offset + done);
+        const { bytesRead } = await fh.read(buf, done, buf.byteLength - done, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
       }
@@ -145,16 +148,21 @@ export class FileNode extends BlockNode {
 
   protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     this.dataMap = undefined;
-    const buf = this.ioBuffer(data, true);
+    const fh = await this.handleFor(data.byteLength);
+    const buf = fh === this.fh ? this.ioBuffer(data, true) : data;
     try {
       let done = 0;
       while (done < buf.byteLength) {
-        const { bytesWritten } = await this.fh.write(buf, done, buf.byteLength - done, offset + done);
+        const { bytesWritten } = await fh.write(buf, done, buf.byteLength - done, offset + done);
         done += bytesWritten;
       }
-      if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await this.fh.datasync();
+      if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await fh.datasync();
     } catch (err) {
       throw fromSystemError(err, this.ctx('write', offset, data.byteLength));
+    } finally {
+      // A walk made while this write was in flight may have seen a hole where the data now is;
+      // holes are cached, so drop it again (stale "data" answers are harmless, stale holes not).
+      this.dataMap = undefined;
     }
   }
 
@@ -268,7 +276,29 @@ export class FileNode extends BlockNode {
   }
 
   protected override async _close(): Promise<void> {
-    await this.fh.close();
+    const tail = this.tailFh;
+    this.tailFh = undefined;
+    try {
+      await this.fh.close();
+    } finally {
+      // A tail handle that failed to open has nothing to close.
+      if (tail) await tail.then((fh) => fh.close(), () => undefined);
+    }
+  }
+
+  /*
+   * O_DIRECT needs lengths aligned as well as offsets. The only request the generic layer passes
+   * with an unaligned length is the partial block at the end of a file whose size is not a
+   * multiple of the alignment; it goes through a second, buffered descriptor (Linux keeps
+   * buffered and direct I/O to one file coherent) rather than padding past the end of the file.
+   */
+  private handleFor(length: number): fsp.FileHandle | Promise<fsp.FileHandle> {
+    if (this.limits.memoryAlignment <= 1 || length % DIRECT_ALIGNMENT === 0) return this.fh;
+    this.tailFh ??= fsp.open(this.path, this.readOnly ? fsc.O_RDONLY : fsc.O_RDWR).catch((err) => {
+      this.tailFh = undefined;
+      throw fromSystemError(err, this.ctx('open'));
+    });
+    return this.tailFh;
   }
 
   /** O_DIRECT wants buffer addresses aligned too; copy through an aligned bounce buffer. */
