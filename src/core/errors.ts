@@ -1,3 +1,5 @@
+import { STRERROR } from './strerror.js';
+
 /**
  * One error class for the whole stack. `code` is stable (errno-like) so callers, the CLI and the
  * NBD server can act on it without parsing messages.
@@ -52,11 +54,6 @@ const ERRNO_CODES: Record<string, BlockErrorCode> = {
   ENOTDIR: 'ENOENT', EISDIR: 'EINVAL', ETIMEDOUT: 'ETIMEDOUT', EBUSY: 'EBUSY', EAGAIN: 'E_LOCKED',
 };
 
-const ERRNO_WORDS: Record<string, string> = {
-  ENOENT: 'No such file or directory', EACCES: 'Permission denied', EPERM: 'Operation not permitted',
-  EISDIR: 'Is a directory', ENOTDIR: 'Not a directory', EROFS: 'Read-only file system',
-  ENOSPC: 'No space left on device', EIO: 'Input/output error', EINVAL: 'Invalid argument',
-};
 
 /** Wraps a Node/addon system error (which carries `.code`) as a BlockError, keeping it as cause. */
 export function fromSystemError(err: unknown, context: BlockErrorContext): BlockError {
@@ -64,7 +61,7 @@ export function fromSystemError(err: unknown, context: BlockErrorContext): Block
   const sys = err as NodeJS.ErrnoException;
   const errno = typeof sys?.code === 'string' ? sys.code : undefined;
   const code = (errno && ERRNO_CODES[errno]) || 'EIO';
-  const words = (errno && ERRNO_WORDS[errno]) || (sys?.message ?? String(err));
+  const words = (errno && STRERROR[errno]) || (sys?.message ?? String(err));
   const what = context.path ? `Could not ${context.op ?? 'access'} '${context.path}'` : `${context.op ?? 'I/O'} failed`;
   return code === 'ENOTSUP'
     ? new NotSupportedError(`${what}: ${words}`, context, { cause: err })

@@ -46,7 +46,8 @@ export class Registry {
     let bestScore = 0;
     for (const d of this.list('format')) {
       const score = d.probe?.(head, filename) ?? 0;
-      if (score > bestScore) [best, bestScore] = [d, score];
+      // Ties go against raw: it must stay the last resort whatever the registration order.
+      if (score > bestScore || (score > 0 && score === bestScore && best?.name === 'raw')) [best, bestScore] = [d, score];
     }
     if (!best) throw new BlockError('E_WRONG_FORMAT', `Could not determine the format of '${filename}'`, { op: 'open', path: filename });
     return best.name;
@@ -66,6 +67,8 @@ export class Registry {
     if (typeof spec === 'string') {
       const parsed = parseFilename(spec);
       if (typeof parsed !== 'string') return this.openSpec(parsed, options, depth);
+      // `-f file` names the protocol itself: the image is the file's bytes, no format above.
+      if (format && this.get(format).kind === 'protocol') return this.openSpec({ driver: format, filename: parsed }, options, depth);
       if (format) return this.openSpec({ driver: format, file: parsed }, options, depth);
       return this.openProbed(parsed, options, depth);
     }
@@ -119,7 +122,9 @@ export class Registry {
       depth,
       openChild: (child, _role) => {
         const spec = typeof child === 'string' ? parseFilename(child) : child;
-        return this.openSpec(typeof spec === 'string' ? { driver: 'file', filename: spec } : spec, options, depth);
+        if (typeof spec === 'string') return this.openSpec({ driver: 'file', filename: spec }, options, depth);
+        // QEMU lets `file.filename=x` stand for a file child without naming its driver.
+        return this.openSpec(spec.driver === undefined ? { ...spec, driver: 'file' } : spec, options, depth);
       },
       openReference: async (name, ref) => {
         const limit = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;

@@ -169,13 +169,14 @@ export class FileNode extends BlockNode {
   /*
    * Zeroing as QEMU's file-posix does it: punch when unmapping is allowed (cheapest, leaves a
    * hole), else ZERO_RANGE (allocated, reads zero), else punch and re-allocate. Anything else
-   * is ENOTSUP and the generic layer writes zero buffers, unless the caller forbade that.
+   * is ENOTSUP and the generic layer writes zero buffers, unless the caller forbade that. Block
+   * devices take the same calls: since Linux 4.9 fallocate zeroes through the device, and
+   * refuses rather than writing zeros itself when the device cannot do it cheaply.
    */
   protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     this.dataMap = undefined;
     const ctx = this.ctx('write-zeroes', offset, length);
     if (!native) throw new NotSupportedError('fallocate is not available without the native addon', ctx);
-    if (this.isBlockDevice) throw new NotSupportedError('zeroing block devices is not implemented', ctx);
     const fd = this.fh.fd;
     const attempts: number[] = opts.mayUnmap && !opts.allocate
       ? [FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, FALLOC.ZERO_RANGE]
@@ -212,7 +213,7 @@ export class FileNode extends BlockNode {
 
   protected override async _discard(offset: number, length: number, _opts: IoOptions): Promise<void> {
     this.dataMap = undefined;
-    if (!native || this.isBlockDevice) return;
+    if (!native) return;
     try {
       await native.fallocate(this.fh.fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, length);
     } catch (err) {
