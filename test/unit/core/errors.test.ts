@@ -54,7 +54,9 @@ test('fromSystemError says what failed and where, in words', () => {
   assert.equal(e.message, "Could not open '/no/such.img': No such file or directory");
   assert.deepEqual(e.context, { op: 'open', path: '/no/such.img' });
   assert.equal(fromSystemError(sys('EIO', 'boom'), { op: 'read' }).message, 'read failed: Input/output error');
-  assert.equal(fromSystemError(sys('EXDEV', 'cross-device'), {}).message, 'I/O failed: cross-device');
+  assert.equal(fromSystemError(sys('EXDEV', 'cross-device'), {}).message, 'I/O failed: Invalid cross-device link');
+  // An errno glibc's table lacks keeps the system's own message.
+  assert.equal(fromSystemError(sys('EWEIRD', 'odd failure'), {}).message, 'I/O failed: odd failure');
   // Not an Error at all, or no code.
   assert.equal(fromSystemError('weird', { op: 'flush' }).code, 'EIO');
   assert.match(fromSystemError(new Error('plain'), { op: 'flush' }).message, /plain/);
