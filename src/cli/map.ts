@@ -10,7 +10,7 @@ import { ChunkWriter } from './chunk-writer.js';
 const HELP = `usage: vdisk map [-f FMT] [--output=human|json] [--start-offset=OFF] [--max-length=LEN] [-U] [--image-opts] IMAGE
 Shows where each range of the image lives, as qemu-img map does.`;
 
-/** One row of qemu-img map: a run of extents with the same flags and contiguous host offsets. */
+/** One row of `qemu-img map --output=json`: a run of extents with the same flags and contiguous host offsets. */
 export interface MapEntry {
   start: number;
   length: number;
@@ -49,14 +49,6 @@ export async function* mapRows(node: BlockNode, start = 0, length = node.size - 
     yield rows;
   }
   if (pending) yield [pending];
-}
-
-/** A row in the shape of qemu-img map --output=json. */
-export function toEntry(e: Extent): MapEntry {
-  const entry: MapEntry = { start: e.offset, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
-  if (e.hostOffset !== undefined) entry.offset = e.hostOffset;
-  if (e.hostFile !== undefined) entry.filename = e.hostFile;
-  return entry;
 }
 
 export function jsonRow(e: Extent): string {

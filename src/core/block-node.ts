@@ -419,10 +419,18 @@ export abstract class BlockNode implements BlockDevice {
 
   private async writeChunks(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const max = this.limits.maxTransfer;
-    const fua = !!opts.fua && this.nativeFua;
+    const hookOpts = this.hookWriteOptions(opts);
     for (let done = 0; done < data.byteLength; done += max) {
-      await this._write!(offset + done, data.subarray(done, Math.min(done + max, data.byteLength)), { ...opts, fua });
+      await this._write!(offset + done, data.subarray(done, Math.min(done + max, data.byteLength)), hookOpts);
     }
+  }
+
+  /**
+   * The options a write hook sees: `fua` only when the hook honours it (else the layer flushes
+   * afterwards). Copied only when that changes something: this runs once per request.
+   */
+  private hookWriteOptions<T extends WriteOptions>(opts: T): T {
+    return opts.fua && !this.nativeFua ? { ...opts, fua: false } : opts;
   }
 
   /** Writes `data` at `offset` inside the aligned block range [start, end); the caller serialises. */
@@ -444,7 +452,7 @@ export abstract class BlockNode implements BlockDevice {
   private async zeroAligned(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     const zAlign = Math.max(this.limits.zeroAlignment, this.limits.requestAlignment);
     const max = alignDown(this.limits.maxWriteZeroes, zAlign) || zAlign;
-    const fua = !!opts.fua && this.nativeFua;
+    const hookOpts = this.hookWriteOptions(opts);
     const end = offset + length;
     // Head and tail fragments below the zero alignment go to the hook on their own, so the
     // middle arrives aligned; the driver may refuse them and the fallback writes buffers.
@@ -453,7 +461,7 @@ export abstract class BlockNode implements BlockDevice {
       if (pos % zAlign !== 0) next = Math.min(alignUp(pos, zAlign), end);
       else if (end - pos >= zAlign) next = pos + Math.min(max, alignDown(end - pos, zAlign));
       else next = end;
-      await this.zeroChunk(pos, next - pos, { ...opts, fua });
+      await this.zeroChunk(pos, next - pos, hookOpts);
       pos = next;
     }
   }

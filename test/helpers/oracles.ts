@@ -1,5 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import type { TestContext } from 'node:test';
+import type { MapEntry } from '../../src/cli/map.js';
 
 /**
  * The real peers (qemu-img, qemu-io, qemu-nbd, nbdkit, nbdinfo, nbdcopy, fio) are the oracles of
@@ -56,21 +57,10 @@ export async function runOk(cmd: string, args: readonly string[], opts: { input?
   return r.stdout;
 }
 
-/** One entry of `qemu-img map --output=json`. */
-export interface QemuMapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-  offset?: number;
-}
-
 /**
  * `qemu-img map --output=json -f FORMAT FILE`. Run it before anything reads the file: on ext4
  * a reserved (unwritten) range whose pages a read has cached reports as data afterwards.
  */
-export async function qemuImgMap(file: string, format = 'raw'): Promise<QemuMapEntry[]> {
-  return JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', format, file])) as QemuMapEntry[];
+export async function qemuImgMap(file: string, format = 'raw'): Promise<MapEntry[]> {
+  return JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', format, file])) as MapEntry[];
 }
