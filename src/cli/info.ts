@@ -8,14 +8,21 @@ import { qemuJson, sizeToStr } from './qemu-format.js';
 const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [-U] [-t CACHE] [--image-opts] IMAGE
 Shows an image's format, sizes and format-specific facts, as qemu-img info does.`;
 
-/** The fields and order of qemu-img info --output=json. */
+/** The fields of qemu-img info --output=json; formats add theirs (cluster-size, snapshots, …). */
 export interface ImageInfo {
   'virtual-size': number;
   filename: string;
   format: string;
   'actual-size'?: number;
   'dirty-flag': boolean;
+  'cluster-size'?: number;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  snapshots?: Record<string, unknown>[];
   'format-specific'?: { type: string; data: Record<string, unknown> };
+  /** Provided by the format's human snapshot table, not part of the JSON. */
+  [key: string]: unknown;
 }
 
 export async function collectInfo(node: BlockNode): Promise<ImageInfo> {
@@ -27,6 +34,7 @@ export async function collectInfo(node: BlockNode): Promise<ImageInfo> {
     format: node.driver,
     ...(actual !== undefined ? { 'actual-size': actual } : {}),
     'dirty-flag': false,
+    ...node.imageInfo(),
     ...(specific ? { 'format-specific': { type: node.driver, data: specific } } : {}),
   };
 }
@@ -36,13 +44,36 @@ export function featuresOff(): string[] {
   return nativeStatus.loaded ? [] : ['holes (everything reads as data)', 'fast zeroing and hole punching', 'image locking', 'cache=none'];
 }
 
-export function humanInfo(info: ImageInfo): string {
+/** QEMU's dump of a format-specific object: `key words: value`, nested objects indented. */
+function dumpSpecific(data: Record<string, unknown>, indent: string): string[] {
+  const lines: string[] = [];
+  for (const [key, value] of Object.entries(data)) {
+    const name = key.replace(/-/g, ' ');
+    if (value !== null && typeof value === 'object') lines.push(`${indent}${name}:`, ...dumpSpecific(value as Record<string, unknown>, indent + '    '));
+    else lines.push(`${indent}${name}: ${String(value)}`);
+  }
+  return lines;
+}
+
+export function humanInfo(info: ImageInfo, snapshotLines: string[] = []): string {
   const lines = [
     `image: ${info.filename}`,
     `file format: ${info.format}`,
     `virtual size: ${sizeToStr(info['virtual-size'])} (${info['virtual-size']} bytes)`,
     `disk size: ${info['actual-size'] === undefined ? 'unavailable' : sizeToStr(info['actual-size'])}`,
   ];
+  if (info['cluster-size'] !== undefined) lines.push(`cluster_size: ${info['cluster-size']}`);
+  if (info['dirty-flag']) lines.push('cleanly shut down: no');
+  const backing = info['backing-filename'];
+  if (backing !== undefined) {
+    const full = info['full-backing-filename'];
+    const actual = full === undefined ? ' (cannot determine actual path)' : full !== backing ? ` (actual path: ${full})` : '';
+    lines.push(`backing file: ${backing}${actual}`);
+  }
+  if (info['backing-filename-format'] !== undefined) lines.push(`backing file format: ${info['backing-filename-format']}`);
+  if (snapshotLines.length > 0) lines.push('Snapshot list:', ...snapshotLines);
+  const specific = info['format-specific'];
+  if (specific) lines.push('Format specific information:', ...dumpSpecific(specific.data, '    '));
   const off = featuresOff();
   if (off.length > 0) lines.push(`vdisk native addon not loaded (${nativeStatus.reason ?? 'unknown reason'}); off: ${off.join(', ')}`);
   return lines.join('\n');
@@ -55,6 +86,6 @@ export async function info(argv: string[], io: CliIo): Promise<number> {
   const image = onePositional(p, 'image');
   await using node = await openImage(p, image, { readOnly: true });
   const facts = await collectInfo(node);
-  print(io, output === 'json' ? qemuJson(facts) : humanInfo(facts));
+  print(io, output === 'json' ? qemuJson(facts) : humanInfo(facts, node.snapshotTable()));
   return 0;
 }

@@ -101,6 +101,19 @@ export abstract class BlockNode implements BlockDevice {
     return this.file?.allocatedSize();
   }
 
+  /**
+   * Further top-level facts for `info`, under qemu-img's JSON names (`cluster-size`,
+   * `backing-filename`, `snapshots`, `dirty-flag` …).
+   */
+  imageInfo(): Record<string, unknown> {
+    return {};
+  }
+
+  /** The lines of qemu-img info's "Snapshot list:" table (empty when there are none). */
+  snapshotTable(): string[] {
+    return [];
+  }
+
   /** Format-specific facts for `info` (`format-specific.data` in qemu-img's JSON). */
   formatSpecific(): Record<string, unknown> | undefined {
     return undefined;
