@@ -3,7 +3,7 @@ import { nativeStatus } from '../native/index.js';
 import { parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
-import { qemuJson, sizeToStr } from './qemu-format.js';
+import { qemuJson, sizeToStr } from '../core/qemu-format.js';
 
 const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [-U] [-t CACHE] [--image-opts] IMAGE
 Shows an image's format, sizes and format-specific facts, as qemu-img info does.`;

@@ -137,7 +137,7 @@ export class Registry {
           }
           return this.openAt(name, { ...options, readOnly: ref.readOnly ?? options.readOnly }, depth + 1, ref.format);
         }
-        const target = path.isAbsolute(name) ? name : path.join(path.dirname(ref.relativeTo), name);
+        const target = combinePath(ref.relativeTo, name);
         await checkGate(options.gate ?? { mode: 'permissive' }, target, ref.relativeTo);
         return this.openAt(target, { ...options, readOnly: ref.readOnly ?? options.readOnly, detectZeroes: undefined }, depth + 1, ref.format);
       },
@@ -163,4 +163,14 @@ export function parseFilename(name: string): NodeSpec | string {
   const spec = unflatten(value as Record<string, unknown>);
   if (typeof spec.driver !== 'string') throw new BlockError('EINVAL', "A json: filename needs a 'driver' key", { op: 'open' });
   return spec as NodeSpec;
+}
+
+/**
+ * QEMU's path_combine: a relative name is taken from the naming image's directory, by plain
+ * string joining (`dir/../base.img` stays as it is, and is what qemu-img info shows).
+ */
+export function combinePath(base: string, name: string): string {
+  if (path.isAbsolute(name)) return name;
+  const slash = base.lastIndexOf('/');
+  return slash === -1 ? name : base.slice(0, slash + 1) + name;
 }

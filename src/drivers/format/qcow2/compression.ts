@@ -175,7 +175,7 @@ const BLOCK_RESERVED = 3;
 
 interface ZstdFrame { start: number; length: number; skippable: boolean }
 
-/** Finds where the frame at `pos` ends (RFC 8878 §3.1); refuses frames that cannot fit `room`. */
+/** Finds where the frame at `start` ends (RFC 8878 §3.1); refuses frames that cannot fit `room`. */
 function zstdFrameAt(input: Uint8Array, start: number, room: number): ZstdFrame {
   const dv = new DataView(input.buffer, input.byteOffset, input.byteLength);
   const need = (p: number, n: number) => {
@@ -196,6 +196,11 @@ function zstdFrameAt(input: Uint8Array, start: number, room: number): ZstdFrame 
   const hasChecksum = (fhd >> 2) & 1;
   const dictIdSize = [0, 1, 2, 4][fhd & 3]!;
   const fcsSize = fcsFlag === 0 ? singleSegment : 1 << fcsFlag;
+  // libzstd (32-bit wasm) refuses windows past 2^30; refusing them here keeps the package's
+  // wrapper off its error path, where it would try to allocate for an "error" content size.
+  if (!singleSegment && 10 + (input[start + 5]! >> 3) > 30) {
+    throw corrupt('zstd', `frame at byte ${start} asks for a window past 1 GiB`);
+  }
   let p = start + 5 + (singleSegment ? 0 : 1);
   need(p, dictIdSize + fcsSize + 3);
   let dictId = 0;

@@ -3,23 +3,56 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
 import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
-import { INCOMPAT } from './constants.js';
+import { INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { Qcow2Node } from './qcow2-node.js';
-import { findSnapshot, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
+import { findSnapshot, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
+
+/** The fixed part of a snapshot table entry (spec §8). */
+const ENTRY_FIXED = 40;
 
 export { Qcow2Node } from './qcow2-node.js';
 
-/** The header, its extensions and the backing name all sit in cluster 0 (at most 2 MiB). */
-const HEADER_READ = 2 * 1024 * 1024;
+/**
+ * The header, its extensions and the backing name, which all sit in cluster 0. Only that cluster
+ * is read, as QEMU does: reading further would pull data clusters into the page cache, and on
+ * ext4 that turns unwritten extents into "data" for every later SEEK_DATA (and so for map).
+ */
+async function readCluster0(file: BlockNode): Promise<Uint8Array> {
+  const fixed = new Uint8Array(Math.min(V3_HEADER_LENGTH, file.size));
+  await file.read(0, fixed);
+  const bits = fixed.byteLength >= 24 ? new DataView(fixed.buffer).getUint32(20) : 0;
+  if (bits < MIN_CLUSTER_BITS || bits > MAX_CLUSTER_BITS) return fixed;
+  const cluster0 = new Uint8Array(Math.min(2 ** bits, file.size));
+  await file.read(0, cluster0);
+  return cluster0;
+}
 
+/**
+ * The snapshot table, read entry by entry so that only its own bytes are read (the data after
+ * it must stay out of the page cache; see readCluster0). Sizes are checked by the parser.
+ */
 async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<Qcow2Snapshot[]> {
   if (h.nbSnapshots === 0) return [];
-  // Entries are variable-sized; QEMU caps the table at 64 MiB, and it must lie inside the file.
-  const length = Math.min(64 * 1024 * 1024, file.size - h.snapshotsOffset);
-  if (length <= 0) throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: the snapshot table lies past the end of the file`, { op: 'open', path: file.filename });
-  const table = new Uint8Array(length);
-  await file.read(h.snapshotsOffset, table);
+  const chunks: Uint8Array[] = [];
+  let pos = h.snapshotsOffset;
+  for (let i = 0; i < h.nbSnapshots && pos + ENTRY_FIXED <= file.size && pos - h.snapshotsOffset <= MAX_SNAPSHOT_TABLE_SIZE; i++) {
+    const fixed = new Uint8Array(ENTRY_FIXED);
+    await file.read(pos, fixed);
+    const dv = new DataView(fixed.buffer);
+    const rest = dv.getUint32(36) + dv.getUint16(12) + dv.getUint16(14);
+    const entry = new Uint8Array(Math.ceil((ENTRY_FIXED + rest) / 8) * 8);
+    entry.set(fixed);
+    await file.read(pos + ENTRY_FIXED, entry.subarray(ENTRY_FIXED, Math.min(entry.byteLength, file.size - pos)));
+    chunks.push(entry);
+    pos += entry.byteLength;
+  }
+  const table = new Uint8Array(pos - h.snapshotsOffset);
+  let at = 0;
+  for (const c of chunks) {
+    table.set(c, at);
+    at += c.byteLength;
+  }
   return parseSnapshotTable(table, h.nbSnapshots, h.version);
 }
 
@@ -50,9 +83,7 @@ export const qcow2Driver: DriverDef = {
     const file = await ctx.openChild(spec.file as NodeSpec | string, 'file');
     const opened: BlockNode[] = [file];
     try {
-      const head = new Uint8Array(Math.min(HEADER_READ, file.size));
-      await file.read(0, head);
-      const header = parseHeader(head, file.filename);
+      const header = parseHeader(await readCluster0(file), file.filename);
       const snapshots = await readSnapshots(file, header);
       const snapshotName = stringOption(spec, 'snapshot');
       const snapshot = snapshotName === undefined ? undefined : findSnapshot(snapshots, snapshotName);

@@ -273,7 +273,7 @@ export class Qcow2Node extends BlockNode {
       switch (run.sub) {
         case Sub.UnallocatedPlain:
         case Sub.UnallocatedAlloc:
-          pos = await this.backingStatus(pos, run.length, out, opts);
+          pos = await this.backingStatus(pos, run, out, opts);
           continue;
         case Sub.Normal:
           await this.dataStatus(pos, run, out, opts);
@@ -293,17 +293,23 @@ export class Qcow2Node extends BlockNode {
     return out;
   }
 
-  /** Unallocated here: what the backing chain says, one level deeper; past its end, zeros. */
-  private async backingStatus(pos: number, length: number, out: Extent[], opts: IoOptions): Promise<number> {
+  /**
+   * Unallocated here: what the backing chain says, one level deeper. Without a backing file, or
+   * past its end, zeros at depth 0 (QEMU's answer); an unallocated subcluster of an allocated
+   * cluster still names its host offset there.
+   */
+  private async backingStatus(pos: number, run: Run, out: Extent[], opts: IoOptions): Promise<number> {
     const backing = this.backing;
     if (backing && pos < backing.size) {
-      const list = await backing.blockStatusList(pos, Math.min(length, backing.size - pos), opts);
+      const list = await backing.blockStatusList(pos, Math.min(run.length, backing.size - pos), opts);
       for (const e of list) out.push(deeper(e));
       const last = list[list.length - 1]!;
       return last.offset + last.length;
     }
-    out.push({ offset: pos, length, data: false, zero: true, present: false, depth: backing ? 1 : 0 });
-    return pos + length;
+    const e: Extent = { offset: pos, length: run.length, data: false, zero: true, present: false, depth: 0 };
+    if (run.sub === Sub.UnallocatedAlloc) [e.hostOffset, e.hostFile] = [run.host, this.dataFile.filename];
+    out.push(e);
+    return pos + run.length;
   }
 
   /**

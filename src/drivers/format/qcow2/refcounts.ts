@@ -5,8 +5,14 @@ import type { Qcow2Header } from './header.js';
 import { TableCache } from './table-cache.js';
 
 /**
- * Reads refcounts (spec §5): refcount table → refcount block → an entry of 1–64 bits. Widths
- * below a byte are packed least-significant bits first within each byte.
+ * Refcounts (spec §5): refcount table → refcount block → an entry of 1–64 bits. Widths below a
+ * byte are packed least-significant bits first within each byte.
+ *
+ * Writes stay in memory until flush. New references count up at once (the increments reach the
+ * disk before anything that points at the clusters); frees wait in `pendingFrees` until the
+ * caller has written the tables that dropped the references, and only then count down, so a
+ * crash at any moment can leak clusters but never leave a reference to a free one. Freed
+ * clusters are not reused before their decrement is on disk.
  */
 export class Refcounts {
   readonly clusterSize: number;
@@ -14,6 +20,15 @@ export class Refcounts {
   /** Entries per refcount block. */
   readonly perBlock: number;
   private readonly cache: TableCache;
+  /** Modified refcount blocks by host offset, pinned until written. */
+  private readonly dirty = new Map<number, Uint8Array>();
+  /** Refcount-table entries changed in memory and not yet written. */
+  private readonly dirtyTable = new Set<number>();
+  /** Host cluster indexes whose refcount drops by one at the next flush. */
+  private pendingFrees: number[] = [];
+  /** No free cluster below this index (QEMU's free_cluster_index). */
+  private freeHint = 0;
+  private tableOffset: number;
 
   private constructor(
     private readonly file: BlockNode,
@@ -26,6 +41,7 @@ export class Refcounts {
     this.clusterSize = 2 ** header.clusterBits;
     this.bits = 2 ** header.refcountOrder;
     this.perBlock = (this.clusterSize * 8) / this.bits;
+    this.tableOffset = header.refcountTableOffset;
     this.cache = new TableCache(cacheBytes, async (offset) => {
       const block = new Uint8Array(this.clusterSize);
       await this.file.read(offset, block);
@@ -63,7 +79,185 @@ export class Refcounts {
     if (blockOffset + this.clusterSize > this.file.size) {
       throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: refcount block ${tableIndex} lies past the end of the file`, { op: 'read', path: this.path });
     }
-    return readEntry(await this.cache.get(blockOffset), index % this.perBlock, this.bits);
+    return readEntry(await this.block(blockOffset), index % this.perBlock, this.bits);
+  }
+
+  private async block(offset: number): Promise<Uint8Array> {
+    return this.dirty.get(offset) ?? this.cache.get(offset);
+  }
+
+  /** Sets the refcount of cluster `index`, creating its refcount block when there is none. */
+  private async set(index: number, value: number): Promise<void> {
+    if (value < 0 || value >= 2 ** this.bits) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}': refcount of cluster ${index} would become ${value}`, { op: 'write', path: this.path });
+    }
+    const tableIndex = Math.floor(index / this.perBlock);
+    let blockOffset = this.table[tableIndex] ?? 0;
+    if (blockOffset === 0) blockOffset = await this.newBlock(tableIndex, index);
+    const block = await this.block(blockOffset);
+    writeEntry(block, index % this.perBlock, this.bits, value);
+    this.dirty.set(blockOffset, block);
+  }
+
+  /**
+   * A refcount block for table entry `tableIndex`, placed on cluster `at` (which it covers, so it
+   * counts itself, as QEMU's blocks do). The table grows first when it is too short.
+   */
+  private async newBlock(tableIndex: number, at: number): Promise<number> {
+    if (tableIndex >= this.table.length) await this.growTable(tableIndex + 1);
+    const offset = at * this.clusterSize;
+    const block = new Uint8Array(this.clusterSize);
+    writeEntry(block, at % this.perBlock, this.bits, 1);
+    this.table[tableIndex] = offset;
+    this.dirty.set(offset, block);
+    this.dirtyTable.add(tableIndex);
+    return offset;
+  }
+
+  /**
+   * `count` contiguous free clusters with refcount 1; returns the host offset of the first.
+   * Clusters past the end of the file are free.
+   */
+  async allocate(count: number): Promise<number> {
+    for (;;) {
+      let start = this.freeHint;
+      for (let run = 0, i = start; run < count; i++) {
+        if ((await this.get(i)) === 0) run++;
+        else [run, start] = [0, i + 1];
+      }
+      // A missing refcount block takes the first candidate cluster; then search again.
+      const missing = await this.firstMissingBlock(start, count);
+      if (missing !== undefined) {
+        await this.newBlock(missing.tableIndex, missing.at);
+        continue;
+      }
+      for (let i = start; i < start + count; i++) await this.set(i, 1);
+      if (start === this.freeHint) this.freeHint = start + count;
+      return start * this.clusterSize;
+    }
+  }
+
+  private async firstMissingBlock(start: number, count: number): Promise<{ tableIndex: number; at: number } | undefined> {
+    for (let ti = Math.floor(start / this.perBlock); ti <= Math.floor((start + count - 1) / this.perBlock); ti++) {
+      if ((this.table[ti] ?? 0) === 0) return { tableIndex: ti, at: Math.max(start, ti * this.perBlock) };
+    }
+    return undefined;
+  }
+
+  /** Adds `delta` (±) to a cluster's refcount now: for references gained (snapshots, COW). */
+  async add(index: number, delta: number): Promise<void> {
+    await this.set(index, (await this.get(index)) + delta);
+  }
+
+  /** Drops one reference from each of `count` clusters from `offset`, at the next flush. */
+  free(offset: number, count: number): void {
+    const first = Math.floor(offset / this.clusterSize);
+    for (let i = 0; i < count; i++) this.pendingFrees.push(first + i);
+  }
+
+  get hasPendingFrees(): boolean {
+    return this.pendingFrees.length > 0;
+  }
+
+  get isDirty(): boolean {
+    return this.dirty.size > 0 || this.dirtyTable.size > 0;
+  }
+
+  /**
+   * Writes changed refcount blocks, then (after a flush, so no entry points at an unwritten
+   * block) changed table entries. Returns whether anything was written.
+   */
+  async writeBack(): Promise<boolean> {
+    if (!this.isDirty) return false;
+    for (const [offset, block] of this.dirty) await this.file.write(offset, block);
+    for (const [offset, block] of this.dirty) this.cache.put(offset, block);
+    this.dirty.clear();
+    if (this.dirtyTable.size > 0) {
+      await this.file.flush();
+      const entry = new Uint8Array(8);
+      for (const ti of [...this.dirtyTable].sort((a, b) => a - b)) {
+        new DataView(entry.buffer).setBigUint64(0, BigInt(this.table[ti]!));
+        await this.file.write(this.tableOffset + ti * 8, entry);
+      }
+      this.dirtyTable.clear();
+    }
+    return true;
+  }
+
+  /**
+   * Applies the pending frees (the references are gone on disk by now), writes them, and
+   * returns the host ranges that became free so the caller can discard them.
+   */
+  async applyFrees(): Promise<number[]> {
+    const freed: number[] = [];
+    const frees = this.pendingFrees;
+    this.pendingFrees = [];
+    for (const index of frees) {
+      const value = (await this.get(index)) - 1;
+      await this.set(index, Math.max(0, value));
+      if (value <= 0) {
+        freed.push(index);
+        if (index < this.freeHint) this.freeHint = index;
+      }
+    }
+    await this.writeBack();
+    return freed;
+  }
+
+  /**
+   * Moves the refcount table to a larger place at the end of the used clusters, with the
+   * refcount blocks that place needs, and points the header at it. Rare: a 64 KiB-cluster
+   * image needs it past 16 TiB, a 512-byte one with 64-bit refcounts past 2 MiB.
+   */
+  private async growTable(minEntries: number): Promise<void> {
+    const entriesPerCluster = this.clusterSize / 8;
+    let end = Math.ceil(this.file.size / this.clusterSize);
+    for (const off of this.table) if (off) end = Math.max(end, off / this.clusterSize + 1);
+    for (const off of this.dirty.keys()) end = Math.max(end, off / this.clusterSize + 1);
+    let entries = Math.max(minEntries, Math.ceil(this.table.length * 1.5));
+    let tableClusters = 0;
+    let blocks: number[] = [];
+    // Place new blocks at `end`, the table after them; repeat until the table covers it all.
+    for (;;) {
+      tableClusters = Math.ceil(entries / entriesPerCluster);
+      blocks = [];
+      const last = end + tableClusters + Math.ceil((tableClusters + 2) / this.perBlock) + 1;
+      for (let ti = Math.floor(end / this.perBlock); ti <= Math.floor(last / this.perBlock); ti++) {
+        if ((this.table[ti] ?? 0) === 0) blocks.push(ti);
+      }
+      const needed = Math.max(...blocks.map((b) => b + 1), Math.floor((end + blocks.length + tableClusters) / this.perBlock) + 1);
+      if (needed <= entries) break;
+      entries = needed;
+    }
+    entries = tableClusters * entriesPerCluster;
+    const table = [...this.table, ...new Array<number>(entries - this.table.length).fill(0)];
+    const oldOffset = this.tableOffset;
+    const oldClusters = Math.ceil((this.table.length * 8) / this.clusterSize);
+    blocks.forEach((ti, k) => {
+      const offset = (end + k) * this.clusterSize;
+      table[ti] = offset;
+      this.dirty.set(offset, new Uint8Array(this.clusterSize));
+    });
+    this.table.splice(0, this.table.length, ...table);
+    const tableStart = end + blocks.length;
+    for (let i = end; i < tableStart + tableClusters; i++) await this.set(i, 1);
+    // Blocks first, then the new table, then the header that makes it live.
+    for (const [offset, block] of this.dirty) await this.file.write(offset, block);
+    this.dirty.clear();
+    const raw = new Uint8Array(tableClusters * this.clusterSize);
+    const dv = new DataView(raw.buffer);
+    table.forEach((off, i) => dv.setBigUint64(i * 8, BigInt(off)));
+    await this.file.write(tableStart * this.clusterSize, raw);
+    await this.file.flush();
+    const header = new Uint8Array(12);
+    const hv = new DataView(header.buffer);
+    hv.setBigUint64(0, BigInt(tableStart * this.clusterSize));
+    hv.setUint32(8, tableClusters);
+    await this.file.write(48, header);
+    await this.file.flush();
+    this.tableOffset = tableStart * this.clusterSize;
+    this.dirtyTable.clear();
+    this.free(oldOffset, oldClusters);
   }
 }
 
@@ -80,6 +274,21 @@ export function readEntry(block: Uint8Array, i: number, bits: number): number {
     default: {
       const perByte = 8 / bits;
       return (block[Math.floor(i / perByte)]! >> ((i % perByte) * bits)) & ((1 << bits) - 1);
+    }
+  }
+}
+
+export function writeEntry(block: Uint8Array, i: number, bits: number, value: number): void {
+  switch (bits) {
+    case 8: block[i] = value; return;
+    case 16: block[i * 2] = value >>> 8; block[i * 2 + 1] = value & 0xff; return;
+    case 32: new DataView(block.buffer, block.byteOffset).setUint32(i * 4, value); return;
+    case 64: new DataView(block.buffer, block.byteOffset).setBigUint64(i * 8, BigInt(value)); return;
+    default: {
+      const perByte = 8 / bits;
+      const shift = (i % perByte) * bits;
+      const at = Math.floor(i / perByte);
+      block[at] = (block[at]! & ~(((1 << bits) - 1) << shift)) | (value << shift);
     }
   }
 }

@@ -1,5 +1,5 @@
 import { BlockError } from '../../../core/errors.js';
-import { sizeToStr } from '../../../cli/qemu-format.js';
+import { sizeToStr } from '../../../core/qemu-format.js';
 
 /**
  * The qcow2 internal snapshot table (spec §8): parse, serialise, look up, and print as
@@ -95,7 +95,7 @@ export function parseSnapshotTableWithSize(table: Uint8Array, count: number, ver
     const icountRaw = extraSize >= EXTRA_ICOUNT ? dv.getBigUint64(x + 16) : ICOUNT_OFF;
     const idStart = x + extraSize;
     snapshots.push({
-      l1TableOffset: exact64(dv.getBigUint64(start), `Snapshot ${i} L1 table offset`),
+      l1TableOffset: exact64(dv.getBigUint64(start), `qcow2 snapshot table entry ${i}: L1 table offset`),
       l1Size: dv.getUint32(start + 8),
       id: utf8.decode(table.subarray(idStart, idStart + idSize)),
       name: utf8.decode(table.subarray(idStart + idSize, idStart + idSize + nameSize)),
@@ -103,8 +103,8 @@ export function parseSnapshotTableWithSize(table: Uint8Array, count: number, ver
       dateNsec: dv.getUint32(start + 20),
       vmClockNsec: Number(dv.getBigUint64(start + 24)),
       vmStateSize: extraSize >= EXTRA_VM_STATE
-        ? exact64(dv.getBigUint64(x), `Snapshot ${i} VM state size`) : dv.getUint32(start + 32),
-      diskSize: extraSize >= EXTRA_DISK_SIZE ? exact64(dv.getBigUint64(x + 8), `Snapshot ${i} disk size`) : undefined,
+        ? exact64(dv.getBigUint64(x), `qcow2 snapshot table entry ${i}: VM state size`) : dv.getUint32(start + 32),
+      diskSize: extraSize >= EXTRA_DISK_SIZE ? exact64(dv.getBigUint64(x + 8), `qcow2 snapshot table entry ${i}: disk size`) : undefined,
       // Signed, as QEMU prints it (PRId64, QAPI int).
       icount: icountRaw === ICOUNT_OFF ? undefined : Number(BigInt.asIntN(64, icountRaw)),
       extraData: table.slice(x, x + extraSize),
@@ -244,8 +244,10 @@ export function snapshotTableHuman(snapshots: Qcow2Snapshot[]): string[] {
     const { sec, nsec } = splitClock(s.vmClockNsec);
     const clock = `${two(Math.floor(sec / 3600))}:${two(Math.floor(sec / 60) % 60)}:${two(sec % 60)}.`
       + String(Math.floor(nsec / 1e6)).padStart(3, '0');
-    return `${padBytes(truncateBytes(s.id, INFO_ID_BYTES), 9, true)} ${padBytes(truncateBytes(s.name, INFO_NAME_BYTES), 17, true)} `
-      + `${padBytes(sizeToStr(s.vmStateSize), 7, false)}${padBytes(date, 20, false)}${padBytes(clock, 13, false)}`
+    // Rows are "%-9s %-16s %8s…" (measured against qemu-img 7.2): a long ID or name pushes the
+    // rest right but always keeps one space after it.
+    return `${padBytes(truncateBytes(s.id, INFO_ID_BYTES), 9, true)} ${padBytes(truncateBytes(s.name, INFO_NAME_BYTES), 16, true)} `
+      + `${padBytes(sizeToStr(s.vmStateSize), 8, false)}${padBytes(date, 20, false)}${padBytes(clock, 13, false)}`
       + padBytes(s.icount === undefined ? '' : String(s.icount), 11, false);
   })];
 }

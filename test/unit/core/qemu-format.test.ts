@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatG3, qemuJson, sizeToStr } from '../../../src/cli/qemu-format.js';
+import { formatG3, qemuJson, sizeToStr } from '../../../src/core/qemu-format.js';
 
 describe("qemu's size_to_str", () => {
   // Expected strings are what qemu-img info prints for these virtual and disk sizes.
