@@ -11,6 +11,11 @@ export interface NodeOptions {
   /** QEMU's node-name; generated when absent. */
   nodeName?: string;
   readOnly?: boolean;
+  /**
+   * Writes past the end extend the node (a format's file child: qcow2 grows its file). A node
+   * a guest writes directly must not grow, or a guest could extend its disk by writing past it.
+   */
+  growable?: boolean;
   detectZeroes?: DetectZeroes;
 }
 
@@ -29,6 +34,7 @@ export abstract class BlockNode implements BlockDevice {
   abstract readonly driver: string;
   readonly nodeName: string;
   readonly readOnly: boolean;
+  private readonly growable: boolean;
   detectZeroes: DetectZeroes;
   limits: BlockLimits = defaultLimits();
   /** Children by role (`file`, `backing`, `data-file`); this node owns and closes them. */
@@ -69,6 +75,7 @@ export abstract class BlockNode implements BlockDevice {
   constructor(opts: NodeOptions = {}) {
     this.nodeName = opts.nodeName ?? `#block${++nodeCounter}`;
     this.readOnly = opts.readOnly ?? false;
+    this.growable = opts.growable ?? false;
     this.detectZeroes = opts.detectZeroes ?? 'off';
   }
 
@@ -173,6 +180,7 @@ export abstract class BlockNode implements BlockDevice {
       try {
         if (aligned) await this.writeChunks(offset, data, opts);
         else await this.readModifyWrite(offset, data, start, end, opts);
+        this.grownTo(offset + length);
       } finally {
         req.release();
       }
@@ -208,6 +216,7 @@ export abstract class BlockNode implements BlockDevice {
             await this.readModifyWrite(innerEnd, zeroBuffer(offset + length - innerEnd), innerEnd, end, opts);
           }
         }
+        this.grownTo(offset + length);
       } finally {
         req.release();
       }
@@ -393,10 +402,14 @@ export abstract class BlockNode implements BlockDevice {
     if (list.length === 0) throw new BlockError('EIO', `${this.driver}: block status returned no extent`, this.ctx('block-status', offset, length));
   }
 
-  private checkRange(op: string, offset: number, length: number): void {
+  private checkNumbers(op: string, offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new BlockError('EINVAL', `${op}: invalid offset ${offset} or length ${length}`, this.ctx(op, offset, length));
     }
+  }
+
+  private checkRange(op: string, offset: number, length: number): void {
+    this.checkNumbers(op, offset, length);
     if (offset + length > this.size) {
       throw new BlockError('ERANGE', `${op} of ${length} bytes at offset ${offset} is past the end of the image (size ${this.size})`,
         this.ctx(op, offset, length));
@@ -409,17 +422,25 @@ export abstract class BlockNode implements BlockDevice {
   }
 
   private checkWritable(op: string, offset: number, length: number, opts: IoOptions): void {
-    this.checkIo(op, offset, length, opts);
+    this.checkOpen(op, opts);
+    if (!this.growable) this.checkRange(op, offset, length);
+    else if (!Number.isSafeInteger(offset + length)) this.checkRange(op, offset, Number.MAX_SAFE_INTEGER);
+    else this.checkNumbers(op, offset, length);
     if (!this.caps.writable) {
       throw new BlockError('EROFS', this.readOnly ? 'Image is read-only' : `${this.driver} does not support writes`, this.ctx(op, offset, length));
     }
+  }
+
+  private grownTo(end: number): void {
+    if (end > this.size) this.size = end;
   }
 
   /** The request widened to requestAlignment; a request ending at the image end needs no tail padding. */
   private alignRange(offset: number, length: number): { start: number; end: number; aligned: boolean } {
     const align = this.limits.requestAlignment;
     const start = alignDown(offset, align);
-    const end = Math.min(alignUp(offset + length, align), this.size);
+    // A growable node's write past the end makes the new end the end.
+    const end = Math.min(alignUp(offset + length, align), Math.max(this.size, offset + length));
     return { start, end, aligned: start === offset && end === offset + length };
   }
 

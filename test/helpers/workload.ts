@@ -67,6 +67,11 @@ export class Rng {
   chance(p: number): boolean {
     return this.next() / 2 ** 32 < p;
   }
+  /** An integer in [lo, hi] whose logarithm is uniform: mostly small, now and then large. */
+  logInt(lo: number, hi: number): number {
+    const x = Math.exp(Math.log(lo) + (this.next() / 2 ** 32) * (Math.log(hi + 1) - Math.log(lo)));
+    return Math.min(hi, Math.max(lo, Math.floor(x)));
+  }
   pick<T>(items: readonly T[]): T {
     return items[this.int(0, items.length - 1)]!;
   }
@@ -87,11 +92,11 @@ type Shape = 'tiny' | 'unaligned' | 'straddle' | 'aligned' | 'unit-aligned' | 'e
 
 const SHAPES: Readonly<Record<Shape, number>> = {
   tiny: 12, // 1-16 bytes anywhere: read-modify-write of a sector inside a cluster
-  unaligned: 22, // any offset, up to one cluster
+  unaligned: 22, // any offset, up to one cluster (log-uniform length)
   straddle: 18, // crosses one or several cluster boundaries, unaligned at both ends
   aligned: 16, // whole clusters: the zero-flag and discard paths
   'unit-aligned': 14, // whole units (sectors or subclusters), unaligned to clusters
-  end: 12, // ends exactly at the end of the disk
+  end: 10, // ends exactly at the end of the disk
   'last-cluster': 6, // exactly the last (possibly partial) cluster, to the end of the disk
 };
 
@@ -106,7 +111,7 @@ function range(rng: Rng, shape: Shape, size: number, cluster: number, unit: numb
     case 'tiny':
       return clamp(rng.int(0, size - 1), rng.int(1, 16));
     case 'unaligned':
-      return clamp(rng.int(0, size - 1), rng.int(1, cluster));
+      return clamp(rng.int(0, size - 1), rng.logInt(1, cluster));
     case 'straddle': {
       // Start shortly before a boundary and run over 1..(max) more boundaries.
       const boundary = rng.int(1, Math.max(1, clusters - 1)) * cluster;
@@ -124,7 +129,7 @@ function range(rng: Rng, shape: Shape, size: number, cluster: number, unit: numb
       return clamp(rng.int(0, units - 1) * unit, n * unit);
     }
     case 'end': {
-      const len = rng.chance(0.3) ? rng.int(1, 16) : rng.int(1, Math.min(maxLen, size));
+      const len = rng.chance(0.3) ? rng.int(1, 16) : rng.logInt(1, Math.min(maxLen, size));
       return [size - len, len];
     }
     case 'last-cluster': {

@@ -22,6 +22,8 @@ export function errnoOf(err: unknown): string {
 
 /** strerror() of that errno, as glibc words it. */
 export function strerror(err: unknown): string {
+  // qemu-io's line carries only strerror(); the cause is worth seeing when debugging.
+  if (process.env.VDISK_DEBUG) process.stderr.write(`vdisk io: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
   const errno = errnoOf(err);
   return STRERROR[errno] ?? errno;
 }

@@ -31,10 +31,10 @@ test('formats vdisk cannot open yet still probe as themselves, never as raw', ()
 test('opening one without -f is one clear E_UNSUPPORTED_FEATURE line; -f raw still opens the bytes', async (t) => {
   const tmp = await makeTmpDir();
   t.after(() => tmp.cleanup());
-  const f = tmp.path('image.qcow2');
-  await writeFile(f, header('qcow2'));
+  const f = tmp.path('image.vhdx');
+  await writeFile(f, header('vhdx'));
   await assert.rejects(open(f), (e: unknown) => e instanceof BlockError && e.code === 'E_UNSUPPORTED_FEATURE'
-    && /is a qcow2 image, which vdisk cannot open yet/.test(e.message) && !e.message.includes('\n'));
+    && /is a vhdx image, which vdisk cannot open yet/.test(e.message) && !e.message.includes('\n'));
   const raw = await open(f, { format: 'raw', readOnly: true });
   assert.equal(raw.driver, 'raw');
   await raw.close();

@@ -3,7 +3,7 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
 import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
-import { INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
+import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { Qcow2Node } from './qcow2-node.js';
 import { findSnapshot, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
@@ -73,6 +73,36 @@ async function openDataFile(spec: NodeSpec, h: Qcow2Header, file: BlockNode, ctx
   return ctx.openReference(h.dataFile, { format: 'file', relativeTo: file.filename, role: 'data-file' });
 }
 
+/** The image file as a qcow2 node needs it: locked against other writers, and growing as clusters are added. */
+function exclusiveFile(spec: NodeSpec | string): NodeSpec | string {
+  if (typeof spec === 'string') return { driver: 'file', filename: spec, exclusive: true, growable: true };
+  if (spec.driver !== 'file') return spec;
+  return { ...spec, exclusive: spec.exclusive ?? true, growable: spec.growable ?? true };
+}
+
+/**
+ * What a writer must settle before its first write: refuse images marked corrupt or dirty (their
+ * refcounts need repair first), and clear the autoclear bits for things vdisk does not keep up
+ * to date (persistent bitmaps), so no reader trusts them after our writes (spec §3).
+ */
+async function prepareForWriting(file: BlockNode, h: Qcow2Header): Promise<void> {
+  const path = file.filename;
+  if (h.incompatibleFeatures & INCOMPAT.CORRUPT) {
+    throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is marked corrupt and can only be opened read-only (repair it with qemu-img check -r all)`, { op: 'open', path });
+  }
+  if (h.incompatibleFeatures & INCOMPAT.DIRTY) {
+    throw new BlockError('E_UNSUPPORTED_FEATURE', `qcow2 image '${path}' was not closed cleanly (lazy refcounts); vdisk cannot repair its refcounts yet: run qemu-img check -r all, or open it read-only`, { op: 'open', path });
+  }
+  const keep = h.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW;
+  if (h.version === 3 && keep !== h.autoclearFeatures) {
+    const field = new Uint8Array(8);
+    new DataView(field.buffer).setBigUint64(0, keep);
+    await file.write(88, field);
+    await file.flush();
+    h.autoclearFeatures = keep;
+  }
+}
+
 export const qcow2Driver: DriverDef = {
   name: 'qcow2',
   kind: 'format',
@@ -80,10 +110,11 @@ export const qcow2Driver: DriverDef = {
   probe: (head) => (isQcow2(head) ? 100 : 0),
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "qcow2: the 'file' child is required", { op: 'open' });
-    const file = await ctx.openChild(spec.file as NodeSpec | string, 'file');
+    const file = await ctx.openChild(exclusiveFile(spec.file as NodeSpec | string), 'file');
     const opened: BlockNode[] = [file];
     try {
       const header = parseHeader(await readCluster0(file), file.filename);
+      if (!file.readOnly && stringOption(spec, 'snapshot') === undefined) await prepareForWriting(file, header);
       const snapshots = await readSnapshots(file, header);
       const snapshotName = stringOption(spec, 'snapshot');
       const snapshot = snapshotName === undefined ? undefined : findSnapshot(snapshots, snapshotName);

@@ -1,13 +1,13 @@
 import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
-import { BlockError } from '../../../core/errors.js';
-import type { Extent, IoOptions } from '../../../core/types.js';
+import { BlockError, NotSupportedError } from '../../../core/errors.js';
+import type { Extent, IoOptions, ZeroOptions } from '../../../core/types.js';
 import { decompressCluster, type CompressionType } from './compression.js';
-import { INCOMPAT, L1E_OFFSET_MASK, L1E_RESERVED_MASK } from './constants.js';
+import { AUTOCLEAR, INCOMPAT, OFLAG_COPIED, OFLAG_ZERO } from './constants.js';
 import type { Qcow2Header } from './header.js';
-import { compressedRange, decode, Sub, type EntryView } from './l2-entry.js';
+import { compressedRange, decode, Sub, type Decoded, type EntryView } from './l2-entry.js';
 import { Refcounts } from './refcounts.js';
 import { snapshotInfoJson, snapshotTableHuman, type Qcow2Snapshot } from './snapshots.js';
-import { TableCache } from './table-cache.js';
+import { Qcow2Tables } from './tables.js';
 
 export interface Qcow2Options extends NodeOptions {
   /** Bytes of L2 tables kept in memory (QEMU's l2-cache-size). */
@@ -34,6 +34,8 @@ interface Run {
   length: number;
   /** Host byte offset of the run's first guest byte (Normal, ZeroAlloc, UnallocatedAlloc). */
   host: number;
+  /** The cluster is ours alone (refcount 1): it may be written in place. */
+  copied: boolean;
   /** For a compressed run: the L2 table and entry index. */
   view?: EntryView;
   index?: number;
@@ -59,18 +61,22 @@ export class Qcow2Node extends BlockNode {
   private readonly extendedL2: boolean;
   private readonly l2Entries: number;
   private readonly subclusterSize: number;
-  /** L2 table offsets by L1 index (0: no table). */
-  private readonly l1: number[];
-  private readonly l2Cache: TableCache;
+  private readonly tables: Qcow2Tables;
   private readonly dataFile: BlockNode;
+  private readonly l2CacheBytes: number;
+  /** Guest data written since the last flush (it must be stable before tables point at it). */
+  private dataWritten = false;
+  /** Serialises metadata changes: allocation, L2 updates, flush. */
+  private lock: Promise<void> = Promise.resolve();
   private refcounts: Refcounts | undefined;
   private readonly refcountCacheSize: number;
   /** Whether data extents must be checked against holes in the host file (see blockStatus). */
   private metadataPreallocation: Promise<boolean> | undefined;
   private lastCompressed: { offset: number; data: Promise<Uint8Array> } | undefined;
 
-  private constructor(parts: Qcow2Parts, l1: number[], opts: Qcow2Options) {
-    super({ ...opts, readOnly: true });
+  private constructor(parts: Qcow2Parts, tables: Qcow2Tables, l2CacheBytes: number, opts: Qcow2Options) {
+    // A snapshot is a past state: it opens read-only, as qemu-img's -l does.
+    super({ ...opts, readOnly: (opts.readOnly ?? false) || parts.snapshot !== undefined });
     const h = parts.header;
     this.header = h;
     this.children.set('file', parts.file);
@@ -83,37 +89,25 @@ export class Qcow2Node extends BlockNode {
     this.extendedL2 = (h.incompatibleFeatures & INCOMPAT.EXTL2) !== 0n;
     this.l2Entries = this.clusterSize / (this.extendedL2 ? 16 : 8);
     this.subclusterSize = this.extendedL2 ? this.clusterSize / 32 : this.clusterSize;
-    this.l1 = l1;
+    this.tables = tables;
+    this.l2CacheBytes = l2CacheBytes;
     this.size = parts.snapshot?.diskSize ?? h.size;
-    const l2Needed = Math.ceil(h.size / this.clusterSize / this.l2Entries) * this.clusterSize;
-    this.l2Cache = new TableCache(opts.l2CacheSize ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(l2Needed, this.clusterSize)), (offset) => this.loadTable(offset, 'L2 table'));
     this.refcountCacheSize = opts.refcountCacheSize ?? DEFAULT_REFCOUNT_CACHE;
-    this.limits = { ...this.limits, optTransfer: this.clusterSize };
+    // Zero writes and discards work on whole clusters (subclusters for zeroing with extended L2).
+    this.limits = { ...this.limits, optTransfer: this.clusterSize, zeroAlignment: this.subclusterSize, discardAlignment: this.clusterSize };
   }
 
   static async open(parts: Qcow2Parts, opts: Qcow2Options = {}): Promise<Qcow2Node> {
     const h = parts.header;
-    const path = parts.file.filename;
-    const l1Offset = parts.snapshot?.l1TableOffset ?? h.l1TableOffset;
-    const l1Size = parts.snapshot?.l1Size ?? h.l1Size;
-    const bytes = l1Size * 8;
-    if (l1Offset + bytes > parts.file.size) {
-      throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: the L1 table lies past the end of the file`, { op: 'open', path });
-    }
-    const raw = new Uint8Array(bytes);
-    if (bytes > 0) await parts.file.read(l1Offset, raw);
-    const dv = new DataView(raw.buffer);
     const clusterSize = 2 ** h.clusterBits;
-    const l1: number[] = [];
-    for (let i = 0; i < l1Size; i++) {
-      const e = dv.getBigUint64(i * 8);
-      const off = Number(e & L1E_OFFSET_MASK);
-      if (e & L1E_RESERVED_MASK || off % clusterSize !== 0) {
-        throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: L1 entry ${i} (0x${e.toString(16)}) is invalid`, { op: 'open', path });
-      }
-      l1.push(off);
-    }
-    return new Qcow2Node(parts, l1, opts);
+    const l2Entries = clusterSize / ((h.incompatibleFeatures & INCOMPAT.EXTL2) ? 16 : 8);
+    const l2Needed = Math.ceil(h.size / clusterSize / l2Entries) * clusterSize;
+    const cacheBytes = opts.l2CacheSize ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(l2Needed, clusterSize));
+    let node: Qcow2Node | undefined;
+    const tables = await Qcow2Tables.load(parts.file, clusterSize, parts.snapshot?.l1TableOffset ?? h.l1TableOffset,
+      parts.snapshot?.l1Size ?? h.l1Size, cacheBytes, (offset) => node?.debugEvent('l2.load', { offset }));
+    node = new Qcow2Node(parts, tables, cacheBytes, opts);
+    return node;
   }
 
   override get filename(): string {
@@ -232,9 +226,9 @@ export class Qcow2Node extends BlockNode {
     const l1Index = Math.floor(clusterIndex / this.l2Entries);
     const l2Index = clusterIndex % this.l2Entries;
     const limit = Math.min(maxLength, (this.l2Entries - l2Index) * cs - inCluster);
-    const l2Offset = this.l1[l1Index] ?? 0;
-    if (l2Offset === 0) return { sub: Sub.UnallocatedPlain, length: limit, host: 0 };
-    const table = await this.l2Cache.get(l2Offset);
+    const l2Offset = this.tables.l1[l1Index] ?? 0;
+    if (l2Offset === 0) return { sub: Sub.UnallocatedPlain, length: limit, host: 0, copied: false };
+    const table = await this.tables.get(l2Offset);
     const view: EntryView = {
       dv: new DataView(table.buffer, table.byteOffset, table.byteLength),
       extendedL2: this.extendedL2,
@@ -246,7 +240,7 @@ export class Qcow2Node extends BlockNode {
     const first = decode(view, l2Index, sc);
     if (first.invalid) throw this.corruption(`${first.invalid} (guest offset ${offset})`);
     if (first.sub === Sub.Compressed) {
-      return { sub: Sub.Compressed, length: Math.min(limit, cs - inCluster), host: 0, view, index: l2Index };
+      return { sub: Sub.Compressed, length: Math.min(limit, cs - inCluster), host: 0, copied: false, view, index: l2Index };
     }
     const hosted = first.sub === Sub.Normal || first.sub === Sub.ZeroAlloc || first.sub === Sub.UnallocatedAlloc;
     let length = (sc + 1) * ss - inCluster;
@@ -258,11 +252,11 @@ export class Qcow2Node extends BlockNode {
         sc = 0;
       }
       const next = decode(view, index, sc);
-      if (next.invalid || next.sub !== first.sub) break;
+      if (next.invalid || next.sub !== first.sub || next.copied !== first.copied) break;
       if (hosted && next.hostCluster !== first.hostCluster + (index - l2Index) * cs) break;
       length += ss;
     }
-    return { sub: first.sub, length: Math.min(length, limit), host: hosted ? first.hostCluster + inCluster : 0 };
+    return { sub: first.sub, length: Math.min(length, limit), host: hosted ? first.hostCluster + inCluster : 0, copied: first.copied };
   }
 
   protected override async _blockStatusList(offset: number, maxLength: number, opts: IoOptions): Promise<Extent[]> {
@@ -356,13 +350,278 @@ export class Qcow2Node extends BlockNode {
     return (this.refcounts ??= await Refcounts.load(this.file!, this.header, this.filename, this.refcountCacheSize));
   }
 
-  private async loadTable(offset: number, what: string): Promise<Uint8Array> {
+  // ---- writes ---------------------------------------------------------------------------
+
+  /** Runs `fn` with the metadata lock held (allocation, L2 and L1 updates, flush). */
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(fn);
+    this.lock = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  protected override async _write(offset: number, data: Uint8Array): Promise<void> {
+    await this.locked(async () => {
+      for (let done = 0; done < data.byteLength;) {
+        const pos = offset + done;
+        const run = await this.mapRun(pos, data.byteLength - done);
+        if (run.sub === Sub.Normal && run.copied) {
+          // Ours alone: overwrite in place, no metadata changes.
+          await this.dataFile.write(run.host, data.subarray(done, done + run.length));
+          this.dataWritten = true;
+          done += run.length;
+          continue;
+        }
+        const n = Math.min(data.byteLength - done, this.clusterSize - (pos % this.clusterSize));
+        await this.writeCluster(pos, data.subarray(done, done + n));
+        done += n;
+      }
+      await this.relieveCachePressure();
+    });
+  }
+
+  /**
+   * Writes into one cluster that is not ours to overwrite: unallocated, zero, compressed or
+   * shared. The new host cluster gets the guest data merged with what the cluster read before
+   * (copy-on-write), in one write; then the L2 entry points at it; the old one is freed at flush.
+   */
+  private async writeCluster(pos: number, data: Uint8Array): Promise<void> {
+    const cs = this.clusterSize;
+    const guestBase = pos - (pos % cs);
+    const inCluster = pos - guestBase;
+    const { table, entry, view } = await this.entryForWrite(guestBase);
+    const old = decode(view, entry, 0);
+    const extended = this.extendedL2;
+    // With extended L2 only the touched subclusters are written, into the cluster's own slot.
+    const partialCluster = extended && (old.sub === Sub.Normal || old.sub === Sub.ZeroAlloc || old.sub === Sub.UnallocatedAlloc || old.sub === Sub.UnallocatedPlain || old.sub === Sub.ZeroPlain) && (old.copied || old.hostCluster === 0);
+    const ss = this.subclusterSize;
+    const from = partialCluster ? Math.floor(inCluster / ss) * ss : 0;
+    const to = partialCluster ? Math.min(Math.ceil((inCluster + data.byteLength) / ss) * ss, cs) : cs;
+    const buf = new Uint8Array(to - from);
+    const valid = Math.max(0, Math.min(to, this.size - guestBase) - from);
+    if (inCluster > from || inCluster + data.byteLength < from + valid) await this._read(guestBase + from, buf.subarray(0, valid), {});
+    buf.set(data, inCluster - from);
+
+    const hosted = old.hostCluster !== 0 || (this.hasDataFile && old.copied);
+    const reuse = hosted && old.copied && old.sub !== Sub.Compressed && (extended || old.sub === Sub.ZeroAlloc);
+    let host: number;
+    if (reuse) host = old.hostCluster;
+    else if (this.hasDataFile) host = guestBase;
+    else host = await this.refcounts!.allocate(1);
+    await this.dataFile.write(host + from, buf);
+    this.dataWritten = true;
+    if (!reuse) this.freeOld(old, view, entry);
+
+    const dv = view.dv;
+    dv.setBigUint64(entry * this.entryBytes, BigInt(host) | OFLAG_COPIED);
+    if (extended) {
+      const first = from / ss;
+      const last = to / ss;
+      let bitmap = partialCluster ? dv.getBigUint64(entry * 16 + 8) : 0n;
+      for (let i = first; i < last; i++) bitmap = (bitmap | (1n << BigInt(i))) & ~(1n << BigInt(i + 32));
+      if (!partialCluster) bitmap = 0xffffffffn;
+      dv.setBigUint64(entry * 16 + 8, bitmap);
+    }
+    this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+  }
+
+  /** Drops this image's reference to the host cluster(s) an entry held (at the next flush). */
+  private freeOld(old: Decoded, view: EntryView, entry: number): void {
+    if (this.hasDataFile) return;
+    if (old.sub === Sub.Compressed) {
+      const r = compressedRange(view, entry);
+      const first = Math.floor(r.sectorsStart / this.clusterSize);
+      const last = Math.floor((r.sectorsStart + r.sectorsLength - 1) / this.clusterSize);
+      this.refcounts!.free(first * this.clusterSize, last - first + 1);
+    } else if (old.hostCluster !== 0) {
+      this.refcounts!.free(old.hostCluster, 1);
+    }
+  }
+
+  private get hasDataFile(): boolean {
+    return this.dataFile !== this.file;
+  }
+
+  private get entryBytes(): number {
+    return this.extendedL2 ? 16 : 8;
+  }
+
+  private l2OffsetFor(guest: number): number {
+    return this.tables.l1[Math.floor(guest / this.clusterSize / this.l2Entries)]!;
+  }
+
+  /** The L2 table and entry for a guest cluster, with the table made writable (allocated or copied). */
+  private async entryForWrite(guest: number): Promise<{ table: Uint8Array; entry: number; view: EntryView }> {
+    const clusterIndex = Math.floor(guest / this.clusterSize);
+    const { table } = await this.tables.forWrite(Math.floor(clusterIndex / this.l2Entries), await this.writableRefcounts());
+    const view: EntryView = {
+      dv: new DataView(table.buffer, table.byteOffset, table.byteLength),
+      extendedL2: this.extendedL2,
+      hasDataFile: this.hasDataFile,
+      clusterBits: this.header.clusterBits,
+    };
+    return { table, entry: clusterIndex % this.l2Entries, view };
+  }
+
+  private async writableRefcounts(): Promise<Refcounts> {
+    return this.refcountReader();
+  }
+
+  /**
+   * Zeroes whole clusters (subclusters with extended L2) through the zero flag or bitmap; a part
+   * of a cluster that does not already read as zeros is refused, and the generic layer writes
+   * zero data instead. v2 images have no zero flag: without a backing file the cluster is freed.
+   */
+  protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    if (opts.allocate) throw new NotSupportedError('qcow2: preallocating zero writes is not supported yet', this.ctx('write-zeroes', offset, length));
+    await this.locked(async () => {
+      const cs = this.clusterSize;
+      for (let pos = offset; pos < offset + length;) {
+        const guestBase = pos - (pos % cs);
+        const end = Math.min(guestBase + cs, offset + length);
+        // The image's last cluster counts as whole when the request runs to the end of the image.
+        const whole = pos === guestBase && (end === guestBase + cs || end === this.size);
+        await this.zeroCluster(guestBase, pos - guestBase, end - pos, whole, !!opts.mayUnmap);
+        pos = end;
+      }
+      await this.relieveCachePressure();
+    });
+    if (this.header.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW) {
+      // A raw data file must stay a faithful raw image of the guest.
+      await this.dataFile.writeZeroes(offset, length, { mayUnmap: opts.mayUnmap });
+    }
+  }
+
+  private async zeroCluster(guestBase: number, inCluster: number, length: number, whole: boolean, mayUnmap: boolean): Promise<void> {
+    const backing = this.backing !== undefined;
+    const current = await this.mapRun(guestBase + inCluster, length);
+    const isZero = current.sub === Sub.ZeroPlain || current.sub === Sub.ZeroAlloc;
+    const emptyHere = (current.sub === Sub.UnallocatedPlain || current.sub === Sub.UnallocatedAlloc) && !backing;
+    if (isZero && current.length >= length) return;
+    if (this.extendedL2) {
+      if (emptyHere && current.length >= length && !whole) return;
+      return this.zeroSubclusters(guestBase, inCluster, length, mayUnmap);
+    }
+    // Part of a cluster that is empty anyway: QEMU marks the whole cluster zero, and so do we.
+    if (!whole && !(emptyHere && this.header.version >= 3 && (await this.mapRun(guestBase, this.clusterSize)).length >= Math.min(this.clusterSize, this.size - guestBase))) {
+      throw new NotSupportedError('qcow2: zeroing part of a cluster', this.ctx('write-zeroes', guestBase + inCluster, length));
+    }
+    if (emptyHere && this.header.version === 2) return;
+    const { table, entry, view } = await this.entryForWrite(guestBase);
+    const old = decode(view, entry, 0);
+    let next: bigint;
+    if (this.header.version === 2) {
+      if (backing) throw new NotSupportedError('qcow2 v2: no zero clusters over a backing file', this.ctx('write-zeroes', guestBase, length));
+      next = 0n;
+      this.freeOld(old, view, entry);
+    } else if (mayUnmap || old.sub === Sub.Compressed || !old.copied || old.hostCluster === 0) {
+      next = OFLAG_ZERO;
+      this.freeOld(old, view, entry);
+    } else {
+      // Keep the host cluster, reading as zeros (ZERO_ALLOC), as QEMU does without unmap.
+      next = BigInt(old.hostCluster) | OFLAG_COPIED | OFLAG_ZERO;
+    }
+    if (this.hasDataFile && next !== 0n && old.copied) next |= OFLAG_COPIED;
+    view.dv.setBigUint64(entry * 8, next);
+    this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+  }
+
+  private async zeroSubclusters(guestBase: number, inCluster: number, length: number, mayUnmap: boolean): Promise<void> {
+    const cs = this.clusterSize;
+    const ss = this.subclusterSize;
+    const validEnd = Math.min(cs, this.size - guestBase);
+    const first = Math.ceil(inCluster / ss);
+    const end = inCluster + length;
+    const last = end >= validEnd ? 32 : Math.floor(end / ss);
+    if (first * ss !== inCluster || (last < 32 && last * ss !== end) || first >= last) {
+      throw new NotSupportedError('qcow2: zeroing part of a subcluster', this.ctx('write-zeroes', guestBase + inCluster, length));
+    }
+    const { table, entry, view } = await this.entryForWrite(guestBase);
+    const old = decode(view, entry, 0);
+    const dv = view.dv;
+    const hosted = old.hostCluster !== 0 || (this.hasDataFile && old.copied);
+    if (first === 0 && last === 32 && (mayUnmap || !old.copied || old.sub === Sub.Compressed || !hosted)) {
+      this.freeOld(old, view, entry);
+      dv.setBigUint64(entry * 16, this.hasDataFile && hosted ? OFLAG_COPIED : 0n);
+      dv.setBigUint64(entry * 16 + 8, 0xffffffff00000000n);
+    } else {
+      if (old.sub === Sub.Compressed || (hosted && !old.copied)) {
+        throw new NotSupportedError('qcow2: zeroing subclusters of a shared cluster', this.ctx('write-zeroes', guestBase + inCluster, length));
+      }
+      let bitmap = dv.getBigUint64(entry * 16 + 8);
+      for (let i = first; i < last; i++) bitmap = (bitmap & ~(1n << BigInt(i))) | (1n << BigInt(i + 32));
+      dv.setBigUint64(entry * 16 + 8, bitmap);
+    }
+    this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+  }
+
+  /**
+   * Discards whole clusters, as QEMU's qcow2 does for a guest discard: v3 images read zeros
+   * afterwards (the zero flag, or all-zero subclusters); v2 images fall back to the backing file.
+   * Freed host clusters are punched out of the file at the next flush.
+   */
+  protected override async _discard(offset: number, length: number): Promise<void> {
+    // A raw data file must keep the guest's bytes: discarding changes nothing there. A v2 image
+    // over a backing file has no zero flag, and unallocating would bring the backing data back.
+    if (this.header.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW) return;
+    if (this.header.version === 2 && this.backing) return;
+    await this.locked(async () => {
+      const cs = this.clusterSize;
+      for (let guestBase = offset; guestBase < offset + length; guestBase += cs) {
+        const { table, entry, view } = await this.entryForWrite(guestBase);
+        const old = decode(view, entry, 0);
+        const allocated = old.hostCluster !== 0 || old.sub === Sub.Compressed || (this.hasDataFile && old.copied);
+        if (!this.backing && !allocated) continue;
+        this.freeOld(old, view, entry);
+        if (this.extendedL2) {
+          view.dv.setBigUint64(entry * 16, 0n);
+          view.dv.setBigUint64(entry * 16 + 8, 0xffffffff00000000n);
+        } else {
+          view.dv.setBigUint64(entry * 8, this.header.version >= 3 ? OFLAG_ZERO : 0n);
+        }
+        this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+      }
+      if (this.hasDataFile) await this.dataFile.discard(offset, Math.min(length, this.dataFile.size - offset));
+      await this.relieveCachePressure();
+    });
+  }
+
+  protected override async _flush(): Promise<void> {
+    await this.locked(() => this.flushMetadata());
+  }
+
+  /**
+   * Puts everything on disk in the order that keeps every crash harmless (QEMU's cache
+   * dependencies): guest data, then refcount increments, then L2 tables, then L1; only then
+   * the frees, whose clusters can be reused and punched once nothing on disk points at them.
+   */
+  private async flushMetadata(): Promise<void> {
     const file = this.file!;
-    if (offset + this.clusterSize > file.size) throw this.corruption(`${what} at 0x${offset.toString(16)} lies past the end of the file`);
-    const table = new Uint8Array(this.clusterSize);
-    await file.read(offset, table);
-    this.debugEvent('l2.load', { offset });
-    return table;
+    if (this.dataWritten) {
+      await this.dataFile.flush();
+      this.dataWritten = false;
+    }
+    const refcounts = this.refcounts;
+    if (refcounts && (await refcounts.writeBack())) await file.flush();
+    if (await this.tables.writeL2s()) await file.flush();
+    if (await this.tables.writeL1()) await file.flush();
+    if (refcounts?.hasPendingFrees) {
+      const freed = await refcounts.applyFrees();
+      await file.flush();
+      for (const index of freed) {
+        if ((index + 1) * this.clusterSize <= file.size) await file.discard(index * this.clusterSize, this.clusterSize);
+      }
+    }
+    await file.flush();
+  }
+
+  /** Dirty tables are pinned in memory; past the cache's size they go to disk. */
+  private async relieveCachePressure(): Promise<void> {
+    if (this.tables.dirtyBytes > this.l2CacheBytes) await this.flushMetadata();
+  }
+
+  protected override async _close(): Promise<void> {
+    if (this.readOnly) return;
+    await this.locked(() => this.flushMetadata());
   }
 
   private corruption(what: string): BlockError {

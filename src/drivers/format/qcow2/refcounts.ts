@@ -43,6 +43,10 @@ export class Refcounts {
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.tableOffset = header.refcountTableOffset;
     this.cache = new TableCache(cacheBytes, async (offset) => {
+      // Only blocks on disk load through here; new ones live in `dirty` until written.
+      if (offset + this.clusterSize > this.file.size) {
+        throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: a refcount block at 0x${offset.toString(16)} lies past the end of the file`, { op: 'read', path: this.path });
+      }
       const block = new Uint8Array(this.clusterSize);
       await this.file.read(offset, block);
       return block;
@@ -76,9 +80,6 @@ export class Refcounts {
     const tableIndex = Math.floor(index / this.perBlock);
     const blockOffset = this.table[tableIndex] ?? 0;
     if (blockOffset === 0) return 0;
-    if (blockOffset + this.clusterSize > this.file.size) {
-      throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: refcount block ${tableIndex} lies past the end of the file`, { op: 'read', path: this.path });
-    }
     return readEntry(await this.block(blockOffset), index % this.perBlock, this.bits);
   }
 

@@ -12,7 +12,7 @@ export const fileDriver: DriverDef = {
   name: 'file',
   aliases: ['host_device'],
   kind: 'protocol',
-  options: ['filename', 'cache', 'locking', 'request-alignment', 'aio', 'exclusive'],
+  options: ['filename', 'cache', 'locking', 'request-alignment', 'aio', 'exclusive', 'growable'],
   async open(spec, ctx) {
     const filename = stringOption(spec, 'filename');
     if (!filename) throw new BlockError('EINVAL', "file: the 'filename' option is required", { op: 'open' });
@@ -24,6 +24,7 @@ export const fileDriver: DriverDef = {
       locking: enumOption(spec, 'locking', ['auto', 'on', 'off'] as const) ?? ctx.options.locking,
       requestAlignment: numberOption(spec, 'request-alignment'),
       exclusive: boolOption(spec, 'exclusive'),
+      growable: boolOption(spec, 'growable'),
       nodeName: stringOption(spec, 'node-name'),
     });
   },
