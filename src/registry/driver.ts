@@ -21,6 +21,11 @@ export interface OpenOptions {
   gate?: OpenGate;
   /** Longest backing chain followed before giving up. */
   maxChainDepth?: number;
+  /**
+   * Open for checking (QEMU's BDRV_O_CHECK): images marked corrupt or dirty open writable and
+   * nothing is repaired on open, so the check sees them as they are.
+   */
+  check?: boolean;
 }
 
 export interface OpenContext {

@@ -225,7 +225,8 @@ export class Qcow2Layout {
     for (let c = first; c <= last;) {
       const end = Math.min(last + 1, (Math.floor(c / this.refblockEntries) + 1) * this.refblockEntries);
       if (this.allocRefcountBlock(c) === AGAIN) {
-        // Undo this call's changes so the caller can search again.
+        // The caller searches again, starting with the same clusters; this call's changes are undone.
+        if (this.freeClusterIndex > first) this.freeClusterIndex = first;
         this.updateRefcount(offset, c * cs - offset, !decrease);
         return AGAIN;
       }

@@ -32,8 +32,8 @@ async function readCluster0(file: BlockNode): Promise<Uint8Array> {
  * The snapshot table, read entry by entry so that only its own bytes are read (the data after
  * it must stay out of the page cache; see readCluster0). Sizes are checked by the parser.
  */
-async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<Qcow2Snapshot[]> {
-  if (h.nbSnapshots === 0) return [];
+async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<{ snapshots: Qcow2Snapshot[]; length: number }> {
+  if (h.nbSnapshots === 0) return { snapshots: [], length: 0 };
   const chunks: Uint8Array[] = [];
   let pos = h.snapshotsOffset;
   for (let i = 0; i < h.nbSnapshots && pos + ENTRY_FIXED <= file.size && pos - h.snapshotsOffset <= MAX_SNAPSHOT_TABLE_SIZE; i++) {
@@ -53,7 +53,7 @@ async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<Qcow2Snap
     table.set(c, at);
     at += c.byteLength;
   }
-  return parseSnapshotTable(table, h.nbSnapshots, h.version);
+  return { snapshots: parseSnapshotTable(table, h.nbSnapshots, h.version), length: table.byteLength };
 }
 
 async function openBacking(spec: NodeSpec, h: Qcow2Header, file: BlockNode, ctx: OpenContext): Promise<BlockNode | undefined> {
@@ -81,17 +81,14 @@ function exclusiveFile(spec: NodeSpec | string): NodeSpec | string {
 }
 
 /**
- * What a writer must settle before its first write: refuse images marked corrupt or dirty (their
- * refcounts need repair first), and clear the autoclear bits for things vdisk does not keep up
- * to date (persistent bitmaps), so no reader trusts them after our writes (spec §3).
+ * What a writer must settle before its first write: refuse images marked corrupt (unless opened
+ * to be checked), and clear the autoclear bits for things vdisk does not keep up to date
+ * (persistent bitmaps), so no reader trusts them after our writes (spec §3).
  */
-async function prepareForWriting(file: BlockNode, h: Qcow2Header): Promise<void> {
+async function prepareForWriting(file: BlockNode, h: Qcow2Header, checking: boolean): Promise<void> {
   const path = file.filename;
-  if (h.incompatibleFeatures & INCOMPAT.CORRUPT) {
-    throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is marked corrupt and can only be opened read-only (repair it with qemu-img check -r all)`, { op: 'open', path });
-  }
-  if (h.incompatibleFeatures & INCOMPAT.DIRTY) {
-    throw new BlockError('E_UNSUPPORTED_FEATURE', `qcow2 image '${path}' was not closed cleanly (lazy refcounts); vdisk cannot repair its refcounts yet: run qemu-img check -r all, or open it read-only`, { op: 'open', path });
+  if (h.incompatibleFeatures & INCOMPAT.CORRUPT && !checking) {
+    throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is marked corrupt and can only be opened read-only (repair it with vdisk check -r all)`, { op: 'open', path });
   }
   const keep = h.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW;
   if (h.version === 3 && keep !== h.autoclearFeatures) {
@@ -103,10 +100,23 @@ async function prepareForWriting(file: BlockNode, h: Qcow2Header): Promise<void>
   }
 }
 
+async function repairDirty(node: Qcow2Node): Promise<void> {
+  try {
+    const result = await node.check('all');
+    if (result.corruptions > 0) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${node.filename}' was left dirty and could not be repaired (${result.corruptions} errors)`, { op: 'open', path: node.filename });
+    }
+    await node.clearIncompatible(INCOMPAT.DIRTY);
+  } catch (err) {
+    await node.close();
+    throw err;
+  }
+}
+
 export const qcow2Driver: DriverDef = {
   name: 'qcow2',
   kind: 'format',
-  options: ['file', 'backing', 'data-file', 'snapshot', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts'],
+  options: ['file', 'backing', 'data-file', 'snapshot', 'check', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts'],
   probe: (head) => (isQcow2(head) ? 100 : 0),
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "qcow2: the 'file' child is required", { op: 'open' });
@@ -114,8 +124,9 @@ export const qcow2Driver: DriverDef = {
     const opened: BlockNode[] = [file];
     try {
       const header = parseHeader(await readCluster0(file), file.filename);
-      if (!file.readOnly && stringOption(spec, 'snapshot') === undefined) await prepareForWriting(file, header);
-      const snapshots = await readSnapshots(file, header);
+      const checking = boolOption(spec, 'check') ?? ctx.options.check ?? false;
+      if (!file.readOnly && stringOption(spec, 'snapshot') === undefined) await prepareForWriting(file, header, checking);
+      const { snapshots, length: snapshotTableLength } = await readSnapshots(file, header);
       const snapshotName = stringOption(spec, 'snapshot');
       const snapshot = snapshotName === undefined ? undefined : findSnapshot(snapshots, snapshotName);
       if (snapshotName !== undefined && !snapshot) {
@@ -125,14 +136,17 @@ export const qcow2Driver: DriverDef = {
       if (backing) opened.push(backing);
       const dataFile = await openDataFile(spec, header, file, ctx);
       if (dataFile !== file) opened.push(dataFile);
-      return await Qcow2Node.open({
-        file, header, dataFile, backing, snapshots, snapshot, compression: compressionTypeFromHeader(header.compressionType),
+      const node = await Qcow2Node.open({
+        file, header, dataFile, backing, snapshots, snapshotTableLength, snapshot, compression: compressionTypeFromHeader(header.compressionType),
       }, {
         nodeName: stringOption(spec, 'node-name'),
         readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly,
         l2CacheSize: numberOption(spec, 'l2-cache-size') ?? numberOption(spec, 'cache-size'),
         refcountCacheSize: numberOption(spec, 'refcount-cache-size'),
       });
+      // Lazy refcounts left dirty by a crash: repair them before anything is written, as QEMU does.
+      if (!node.readOnly && node.dirty && !checking) await repairDirty(node);
+      return node;
     } catch (err) {
       for (const node of opened.reverse()) await node.close();
       throw err;

@@ -8,6 +8,7 @@ import { compressedRange, decode, Sub, type Decoded, type EntryView } from './l2
 import { Refcounts } from './refcounts.js';
 import { snapshotInfoJson, snapshotTableHuman, type Qcow2Snapshot } from './snapshots.js';
 import { Qcow2Tables } from './tables.js';
+import { checkQcow2, type CheckFix, type CheckResult } from './check.js';
 
 export interface Qcow2Options extends NodeOptions {
   /** Bytes of L2 tables kept in memory (QEMU's l2-cache-size). */
@@ -23,6 +24,8 @@ export interface Qcow2Parts {
   dataFile: BlockNode;
   backing: BlockNode | undefined;
   snapshots: Qcow2Snapshot[];
+  /** Bytes the snapshot table takes in the file. */
+  snapshotTableLength: number;
   /** Open this snapshot instead of the active state (read-only). */
   snapshot: Qcow2Snapshot | undefined;
   compression: CompressionType;
@@ -62,6 +65,7 @@ export class Qcow2Node extends BlockNode {
   private readonly l2Entries: number;
   private readonly subclusterSize: number;
   private readonly tables: Qcow2Tables;
+  private readonly snapshotTableLength: number;
   private readonly dataFile: BlockNode;
   private readonly l2CacheBytes: number;
   /** Guest data written since the last flush (it must be stable before tables point at it). */
@@ -84,6 +88,7 @@ export class Qcow2Node extends BlockNode {
     if (parts.backing) this.children.set('backing', parts.backing);
     this.dataFile = parts.dataFile;
     this.snapshots = parts.snapshots;
+    this.snapshotTableLength = parts.snapshotTableLength;
     this.compression = parts.compression;
     this.clusterSize = 2 ** h.clusterBits;
     this.extendedL2 = (h.incompatibleFeatures & INCOMPAT.EXTL2) !== 0n;
@@ -622,6 +627,55 @@ export class Qcow2Node extends BlockNode {
   protected override async _close(): Promise<void> {
     if (this.readOnly) return;
     await this.locked(() => this.flushMetadata());
+  }
+
+  // ---- check ----------------------------------------------------------------------------
+
+  /**
+   * qemu-img check: counts every reference, compares with the refcounts and repairs what `fix`
+   * allows. Runs with the metadata lock held, after a flush, so disk and memory agree.
+   */
+  async check(fix: CheckFix = 'none'): Promise<CheckResult> {
+    if (fix !== 'none' && this.readOnly) throw new BlockError('EROFS', 'Repairing needs the image open for writing', this.ctx('check'));
+    return this.locked(async () => {
+      if (!this.readOnly) await this.flushMetadata();
+      const h = this.header;
+      const result = await checkQcow2({
+        file: this.file!,
+        header: h,
+        clusterSize: this.clusterSize,
+        size: h.size,
+        l1Entries: () => this.tables.l1Entries(),
+        snapshotL1s: () => this.snapshots.map((s) => ({ offset: s.l1TableOffset, size: s.l1Size })),
+        snapshotTable: () => (h.nbSnapshots > 0 ? { offset: h.snapshotsOffset, length: this.snapshotTableLength } : undefined),
+        readTable: (offset) => this.tables.get(offset),
+        refcounts: await this.refcountReader(),
+        setCopied: async (kind, table, index, copied) => {
+          if (kind === 'l1') return this.tables.setL1Copied(index, copied);
+          const t = await this.tables.get(table);
+          const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+          const at = index * this.entryBytes;
+          dv.setUint32(at, copied ? dv.getUint32(at) | 0x80000000 : dv.getUint32(at) & 0x7fffffff);
+          this.tables.markDirty(table, t);
+        },
+      }, fix);
+      if (!this.readOnly) await this.flushMetadata();
+      return result;
+    });
+  }
+
+  /** Clears incompatible-feature bits (dirty, corrupt) once the image is consistent again. */
+  async clearIncompatible(bits: bigint): Promise<void> {
+    const h = this.header;
+    if (h.version < 3 || (h.incompatibleFeatures & bits) === 0n) return;
+    await this.locked(async () => {
+      await this.flushMetadata();
+      const field = new Uint8Array(8);
+      new DataView(field.buffer).setBigUint64(0, h.incompatibleFeatures & ~bits);
+      await this.file!.write(72, field);
+      await this.file!.flush();
+      h.incompatibleFeatures &= ~bits;
+    });
   }
 
   private corruption(what: string): BlockError {

@@ -145,6 +145,11 @@ export class Refcounts {
     return undefined;
   }
 
+  /** Sets a refcount outright (repairs); written with the next writeBack. */
+  async setCount(index: number, value: number): Promise<void> {
+    await this.set(index, value);
+  }
+
   /** Adds `delta` (±) to a cluster's refcount now: for references gained (snapshots, COW). */
   async add(index: number, delta: number): Promise<void> {
     await this.set(index, (await this.get(index)) + delta);

@@ -85,6 +85,16 @@ export class Qcow2Tables {
     return { offset, table };
   }
 
+  /** The active L1 entries as they would be written (offset | COPIED). */
+  l1Entries(): bigint[] {
+    return this.l1.map((off, i) => BigInt(off) | (off !== 0 && this.l1Copied[i] ? OFLAG_COPIED : 0n));
+  }
+
+  setL1Copied(index: number, copied: boolean): void {
+    this.l1Copied[index] = copied;
+    this.l1Dirty = true;
+  }
+
   markDirty(offset: number, table: Uint8Array): void {
     this.dirty.set(offset, table);
   }
@@ -107,7 +117,7 @@ export class Qcow2Tables {
     if (!this.l1Dirty) return false;
     const raw = new Uint8Array(this.l1.length * 8);
     const dv = new DataView(raw.buffer);
-    this.l1.forEach((off, i) => dv.setBigUint64(i * 8, BigInt(off) | (off !== 0 && this.l1Copied[i] ? OFLAG_COPIED : 0n)));
+    this.l1Entries().forEach((e, i) => dv.setBigUint64(i * 8, e));
     await this.file.write(this.l1Offset, raw);
     this.l1Dirty = false;
     return true;
