@@ -371,6 +371,7 @@ export class Qcow2Node extends BlockNode {
         const run = await this.mapRun(pos, data.byteLength - done);
         if (run.sub === Sub.Normal && run.copied) {
           // Ours alone: overwrite in place, no metadata changes.
+          await this.checkOverlap(run.host, run.length);
           await this.dataFile.write(run.host, data.subarray(done, done + run.length));
           this.dataWritten = true;
           done += run.length;
@@ -412,6 +413,7 @@ export class Qcow2Node extends BlockNode {
     if (reuse) host = old.hostCluster;
     else if (this.hasDataFile) host = guestBase;
     else host = await this.refcounts!.allocate(1);
+    await this.checkOverlap(host + from, buf.byteLength);
     await this.dataFile.write(host + from, buf);
     this.dataWritten = true;
     if (!reuse) this.freeOld(old, view, entry);
@@ -676,6 +678,53 @@ export class Qcow2Node extends BlockNode {
       await this.file!.flush();
       h.incompatibleFeatures &= ~bits;
     });
+  }
+
+  // ---- overlap check ----------------------------------------------------------------------
+
+  private metadata: { clusters: Set<number>; tables: number; refcounts: number } | undefined;
+
+  /**
+   * QEMU's overlap check for data writes: a corrupt L2 entry may point at metadata (the header,
+   * L1, L2 or refcount tables, snapshot tables), and writing guest data there would destroy it.
+   * Such a write is refused and the image marked corrupt, as QEMU does.
+   */
+  private async checkOverlap(host: number, length: number): Promise<void> {
+    if (this.hasDataFile || length === 0) return;
+    const refcounts = await this.refcountReader();
+    const cs = this.clusterSize;
+    if (!this.metadata || this.metadata.tables !== this.tables.version || this.metadata.refcounts !== refcounts.version) {
+      const clusters = new Set<number>();
+      const add = (offset: number, bytes: number) => {
+        for (let c = Math.floor(offset / cs); c <= Math.floor((offset + Math.max(bytes, 1) - 1) / cs); c++) clusters.add(c);
+      };
+      add(0, cs);
+      add(this.tables.l1Offset, this.tables.l1.length * 8);
+      for (const l2 of this.tables.l1) if (l2) add(l2, cs);
+      const reftable = refcounts.tableRange;
+      add(reftable.offset, reftable.clusters * cs);
+      for (const block of refcounts.table) if (block) add(block, cs);
+      if (this.header.nbSnapshots > 0) add(this.header.snapshotsOffset, this.snapshotTableLength);
+      for (const s of this.snapshots) add(s.l1TableOffset, s.l1Size * 8);
+      this.metadata = { clusters, tables: this.tables.version, refcounts: refcounts.version };
+    }
+    for (let c = Math.floor(host / cs); c <= Math.floor((host + length - 1) / cs); c++) {
+      if (this.metadata.clusters.has(c)) {
+        await this.markCorrupt();
+        throw this.corruption(`preventing an invalid write on metadata at host offset 0x${(c * cs).toString(16)}; the image is now marked corrupt`);
+      }
+    }
+  }
+
+  /** Sets the corrupt bit, so neither vdisk nor QEMU writes this image again before a repair. */
+  private async markCorrupt(): Promise<void> {
+    const h = this.header;
+    if (h.version < 3 || h.incompatibleFeatures & INCOMPAT.CORRUPT) return;
+    h.incompatibleFeatures |= INCOMPAT.CORRUPT;
+    const field = new Uint8Array(8);
+    new DataView(field.buffer).setBigUint64(0, h.incompatibleFeatures);
+    await this.file!.write(72, field);
+    await this.file!.flush();
   }
 
   private corruption(what: string): BlockError {

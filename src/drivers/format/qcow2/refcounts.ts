@@ -29,6 +29,9 @@ export class Refcounts {
   /** No free cluster below this index (QEMU's free_cluster_index). */
   private freeHint = 0;
   private tableOffset: number;
+  private tableClusters: number;
+  /** Bumped whenever a refcount block or the table moves or appears. */
+  version = 0;
 
   private constructor(
     private readonly file: BlockNode,
@@ -42,6 +45,7 @@ export class Refcounts {
     this.bits = 2 ** header.refcountOrder;
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.tableOffset = header.refcountTableOffset;
+    this.tableClusters = header.refcountTableClusters;
     this.cache = new TableCache(cacheBytes, async (offset) => {
       // Only blocks on disk load through here; new ones live in `dirty` until written.
       if (offset + this.clusterSize > this.file.size) {
@@ -112,6 +116,7 @@ export class Refcounts {
     this.table[tableIndex] = offset;
     this.dirty.set(offset, block);
     this.dirtyTable.add(tableIndex);
+    this.version++;
     return offset;
   }
 
@@ -159,6 +164,11 @@ export class Refcounts {
   free(offset: number, count: number): void {
     const first = Math.floor(offset / this.clusterSize);
     for (let i = 0; i < count; i++) this.pendingFrees.push(first + i);
+  }
+
+  /** Where the refcount table lives now: [offset, offset + clusters * clusterSize). */
+  get tableRange(): { offset: number; clusters: number } {
+    return { offset: this.tableOffset, clusters: this.tableClusters };
   }
 
   get hasPendingFrees(): boolean {
@@ -262,6 +272,8 @@ export class Refcounts {
     await this.file.write(48, header);
     await this.file.flush();
     this.tableOffset = tableStart * this.clusterSize;
+    this.tableClusters = tableClusters;
+    this.version++;
     this.dirtyTable.clear();
     this.free(oldOffset, oldClusters);
   }

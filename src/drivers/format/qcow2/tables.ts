@@ -9,18 +9,24 @@ import { TableCache } from './table-cache.js';
  * until writeL2s/writeL1 put them on disk in the order the node's flush decides.
  */
 export class Qcow2Tables {
+  get l1Offset(): number {
+    return this.l1TableOffset;
+  }
+
   /** L2 table offsets by L1 index (0: none). */
   readonly l1: number[];
   /** The COPIED bit of each L1 entry: the L2 table is ours alone and may change in place. */
   private readonly l1Copied: boolean[];
   private l1Dirty = false;
+  /** Bumped whenever an L2 table moves or appears (the node's overlap check rebuilds then). */
+  version = 0;
   private readonly cache: TableCache;
   private readonly dirty = new Map<number, Uint8Array>();
 
   private constructor(
     private readonly file: BlockNode,
     private readonly clusterSize: number,
-    private readonly l1Offset: number,
+    private readonly l1TableOffset: number,
     l1: number[],
     l1Copied: boolean[],
     cacheBytes: number,
@@ -81,6 +87,7 @@ export class Qcow2Tables {
     this.l1[index] = offset;
     this.l1Copied[index] = true;
     this.l1Dirty = true;
+    this.version++;
     this.markDirty(offset, table);
     return { offset, table };
   }
@@ -118,7 +125,7 @@ export class Qcow2Tables {
     const raw = new Uint8Array(this.l1.length * 8);
     const dv = new DataView(raw.buffer);
     this.l1Entries().forEach((e, i) => dv.setBigUint64(i * 8, e));
-    await this.file.write(this.l1Offset, raw);
+    await this.file.write(this.l1TableOffset, raw);
     this.l1Dirty = false;
     return true;
   }
