@@ -5,7 +5,7 @@ import { print, type CliIo } from './context.js';
 import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
 import { qemuJson, sizeToStr } from '../core/qemu-format.js';
 
-const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [-U] [-t CACHE] [--image-opts] IMAGE
+const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [--backing-chain] [-U] [-t CACHE] [--image-opts] IMAGE
 Shows an image's format, sizes and format-specific facts, as qemu-img info does.`;
 
 /** The fields of qemu-img info --output=json; formats add theirs (cluster-size, snapshots, …). */
@@ -80,12 +80,20 @@ export function humanInfo(info: ImageInfo, snapshotLines: string[] = []): string
 }
 
 export async function info(argv: string[], io: CliIo): Promise<number> {
-  const p = parseArgs(argv, [...IMAGE_OPTIONS, { long: 'output', value: true }, { short: 'h', long: 'help' }], 'vdisk info');
+  const p = parseArgs(argv, [...IMAGE_OPTIONS, { long: 'output', value: true }, { long: 'backing-chain' }, { short: 'h', long: 'help' }], 'vdisk info');
   if (p.options.has('help')) return print(io, HELP), 0;
   const output = outputFormat(p);
   const image = onePositional(p, 'image');
   await using node = await openImage(p, image, { readOnly: true });
-  const facts = await collectInfo(node);
-  print(io, output === 'json' ? qemuJson(facts) : humanInfo(facts, node.snapshotTable()));
+  if (!p.options.has('backing-chain')) {
+    const facts = await collectInfo(node);
+    print(io, output === 'json' ? qemuJson(facts) : humanInfo(facts, node.snapshotTable()));
+    return 0;
+  }
+  // The image and each backing image below it: a JSON array, or human blocks separated by a blank line.
+  const chain: BlockNode[] = [];
+  for (let n: BlockNode | undefined = node; n; n = n.backing) chain.push(n);
+  const facts = await Promise.all(chain.map(collectInfo));
+  print(io, output === 'json' ? qemuJson(facts) : chain.map((n, i) => humanInfo(facts[i]!, n.snapshotTable())).join('\n\n'));
   return 0;
 }

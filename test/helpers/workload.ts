@@ -116,20 +116,20 @@ function range(rng: Rng, shape: Shape, size: number, cluster: number, unit: numb
       // Start shortly before a boundary and run over 1..(max) more boundaries.
       const boundary = rng.int(1, Math.max(1, clusters - 1)) * cluster;
       const before = rng.int(1, Math.min(cluster - 1 || 1, rng.chance(0.5) ? 4096 : cluster));
-      const over = rng.int(1, Math.max(1, Math.floor(maxLen / cluster))) * cluster - rng.int(0, cluster - 1);
-      return clamp(boundary - before, before + Math.max(1, over));
+      // Log-uniform: mostly just over the boundary, now and then over several more.
+      return clamp(boundary - before, before + rng.logInt(1, Math.max(1, maxLen - before)));
     }
     case 'aligned': {
       const n = rng.int(1, Math.max(1, Math.floor(maxLen / cluster)));
       return clamp(rng.int(0, clusters - 1) * cluster, n * cluster);
     }
     case 'unit-aligned': {
-      const units = Math.floor(size / unit);
-      const n = rng.int(1, Math.max(1, Math.min(Math.floor(maxLen / unit), 2 * (cluster / unit))));
+      const units = Math.max(1, Math.floor(size / unit));
+      const n = rng.logInt(1, Math.max(1, Math.min(Math.floor(maxLen / unit), 2 * (cluster / unit))));
       return clamp(rng.int(0, units - 1) * unit, n * unit);
     }
     case 'end': {
-      const len = rng.chance(0.3) ? rng.int(1, 16) : rng.logInt(1, Math.min(maxLen, size));
+      const len = Math.min(size, maxLen, rng.chance(0.3) ? rng.int(1, 16) : rng.logInt(1, Math.min(maxLen, size)));
       return [size - len, len];
     }
     case 'last-cluster': {

@@ -122,18 +122,19 @@ export class Qcow2Node extends BlockNode {
   override formatSpecific(): Record<string, unknown> {
     const h = this.header;
     if (h.version === 2) return { compat: '0.10', 'compression-type': this.compression, 'refcount-bits': 2 ** h.refcountOrder };
+    // Key order is the order qemu-img info prints them in.
     const data: Record<string, unknown> = {
       compat: '1.1',
       'compression-type': this.compression,
       'lazy-refcounts': (h.compatibleFeatures & 1n) !== 0n,
       'refcount-bits': 2 ** h.refcountOrder,
-      corrupt: (h.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n,
-      'extended-l2': this.extendedL2,
     };
     if (h.incompatibleFeatures & INCOMPAT.DATA_FILE) {
       if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
       data['data-file-raw'] = (h.autoclearFeatures & 2n) !== 0n;
     }
+    data.corrupt = (h.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n;
+    data['extended-l2'] = this.extendedL2;
     return data;
   }
 

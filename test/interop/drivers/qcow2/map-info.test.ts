@@ -56,6 +56,18 @@ describe('vdisk map and info against qemu-img, qcow2', () => {
           `${variant.name}: vdisk info --output=json must equal qemu-img info --output=json as a whole object ` +
           '(to relax a field, the lead decides and names it here)');
       });
+
+      await t.test('info --backing-chain, human and json', async () => {
+        for (const output of ['json', 'human']) {
+          const args = ['info', '--backing-chain', `--output=${output}`, img.path];
+          const theirs = await runOk('qemu-img', args);
+          const ours = await vdisk(args);
+          assert.equal(ours.code, 0, `vdisk info --backing-chain failed: ${ours.stderr}`);
+          if (output === 'json') assert.deepEqual(JSON.parse(ours.stdout), JSON.parse(theirs), `${variant.name}: --backing-chain json`);
+          // actual-size differs only if the files change between the two runs; they do not here.
+          else assert.equal(ours.stdout, theirs, `${variant.name}: --backing-chain human`);
+        }
+      });
     });
   }
 });

@@ -359,7 +359,9 @@ async function runConfig(t: TestContext, c: Config): Promise<void> {
 
   // Phase 1: the same workload through qemu-io and vdisk io.
   const started = Date.now();
-  const { q, v, problems } = await applyBoth(image, dir, 'phase1', cmds, BATCHES);
+  const { q, v, problems } = await applyBoth(image, dir, 'phase1', cmds, BATCHES).catch((e: unknown) => {
+    throw new Error(`${c.name}: seed ${seed}: ${(e as Error)?.message ?? String(e)}\n${replay(c, seed)}`, { cause: e });
+  });
   const qemuCheck = await checkProblems(q, 'qemu');
   assert.equal(qemuCheck, null, `the oracle: ${qemuCheck}`);
   if (problems.length > 0) assert.fail(await failureMessage(c, seed, 'phase 1 (vdisk io writes)', image, dir, cmds, problems));
