@@ -632,6 +632,62 @@ export class Qcow2Node extends BlockNode {
     await this.locked(() => this.flushMetadata());
   }
 
+  /**
+   * Grows or shrinks the virtual disk (qemu-img resize). Growing past what the L1 table covers
+   * moves it to a larger place first; shrinking unallocates the clusters past the new end.
+   * Images with snapshots keep their size, as QEMU insists for shrinking.
+   */
+  protected override async _resize(size: number): Promise<void> {
+    const h = this.header;
+    if (this.snapshots.length > 0 && size < h.size) {
+      throw new NotSupportedError("qcow2: can't shrink an image which has snapshots", this.ctx('resize'));
+    }
+    await this.locked(async () => {
+      const cs = this.clusterSize;
+      if (size < h.size) {
+        // Whole clusters past the new end become unallocated; the kept part of a partial last
+        // cluster stays, as QEMU leaves it.
+        for (let guestBase = Math.ceil(size / cs) * cs; guestBase < h.size; guestBase += cs) {
+          const l2 = this.tables.l1[Math.floor(guestBase / cs / this.l2Entries)] ?? 0;
+          if (l2 === 0) continue;
+          const { table, entry, view } = await this.entryForWrite(guestBase);
+          this.freeOld(decode(view, entry, 0), view, entry);
+          view.dv.setBigUint64(entry * this.entryBytes, 0n);
+          if (this.extendedL2) view.dv.setBigUint64(entry * 16 + 8, 0n);
+          this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+        }
+      }
+      const needed = Math.ceil(size / cs / this.l2Entries);
+      await this.flushMetadata();
+      const header = new Uint8Array(24);
+      const dv = new DataView(header.buffer);
+      dv.setBigUint64(0, BigInt(size));
+      dv.setUint32(8, h.cryptMethod);
+      let l1Size = h.l1Size;
+      let l1Offset = h.l1TableOffset;
+      if (needed > h.l1Size) {
+        // A new, larger L1 on free clusters, on disk before the header points at it.
+        const refcounts = await this.writableRefcounts();
+        const clusters = Math.ceil((needed * 8) / cs);
+        l1Offset = await refcounts.allocate(clusters);
+        await refcounts.writeBack();
+        await this.file!.flush();
+        await this.tables.moveL1(l1Offset, needed);
+        await this.file!.flush();
+        refcounts.free(h.l1TableOffset, Math.ceil((h.l1Size * 8) / cs));
+        l1Size = needed;
+      }
+      dv.setUint32(12, l1Size);
+      dv.setBigUint64(16, BigInt(l1Offset));
+      await this.file!.write(24, header);
+      await this.file!.flush();
+      Object.assign(h, { size, l1Size, l1TableOffset: l1Offset });
+      this.metadata = undefined;
+      await this.flushMetadata();
+      if (this.hasDataFile && size > this.dataFile.size) await this.dataFile.resize(size);
+    });
+  }
+
   // ---- check ----------------------------------------------------------------------------
 
   /**

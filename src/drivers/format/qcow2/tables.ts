@@ -13,6 +13,20 @@ export class Qcow2Tables {
     return this.l1TableOffset;
   }
 
+  /**
+   * Moves the L1 table to `offset` with `entries` entries (growing), writing it there first; the
+   * caller then points the header at it. Returns the bytes of the new table.
+   */
+  async moveL1(offset: number, entries: number): Promise<void> {
+    while (this.l1.length < entries) {
+      this.l1.push(0);
+      this.l1Copied.push(false);
+    }
+    this.l1TableOffset = offset;
+    this.l1Dirty = true;
+    await this.writeL1();
+  }
+
   /** L2 table offsets by L1 index (0: none). */
   readonly l1: number[];
   /** The COPIED bit of each L1 entry: the L2 table is ours alone and may change in place. */
@@ -26,7 +40,7 @@ export class Qcow2Tables {
   private constructor(
     private readonly file: BlockNode,
     private readonly clusterSize: number,
-    private readonly l1TableOffset: number,
+    private l1TableOffset: number,
     l1: number[],
     l1Copied: boolean[],
     cacheBytes: number,
