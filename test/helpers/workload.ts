@@ -116,8 +116,9 @@ function range(rng: Rng, shape: Shape, size: number, cluster: number, unit: numb
       // Start shortly before a boundary and run over 1..(max) more boundaries.
       const boundary = rng.int(1, Math.max(1, clusters - 1)) * cluster;
       const before = rng.int(1, Math.min(cluster - 1 || 1, rng.chance(0.5) ? 4096 : cluster));
-      // Log-uniform: mostly just over the boundary, now and then over several more.
-      return clamp(boundary - before, before + rng.logInt(1, Math.max(1, maxLen - before)));
+      // Often just over the boundary (log-uniform), otherwise anywhere up to maxLen: over several more.
+      const rest = Math.max(1, maxLen - before);
+      return clamp(boundary - before, before + (rng.chance(0.4) ? rng.int(1, rest) : rng.logInt(1, rest)));
     }
     case 'aligned': {
       const n = rng.int(1, Math.max(1, Math.floor(maxLen / cluster)));
