@@ -215,5 +215,7 @@ export async function bench(argv: string[], io: CliIo): Promise<number> {
   if (params.flushInterval) print(io, `Sending flush every ${params.flushInterval} requests`);
   const seconds = await runBench(node, params);
   print(io, completedLine(seconds));
+  // qemu-img's block layer flushes when it closes the image, after the timed run; so do we.
+  if (params.write) await node.flush();
   return 0;
 }

@@ -378,6 +378,11 @@ export class Qcow2Node extends BlockNode {
           done += run.length;
           continue;
         }
+        const whole = Math.floor(Math.min(run.length, data.byteLength - done) / this.clusterSize);
+        if (pos % this.clusterSize === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
+          done += await this.writeNewClusters(pos, data.subarray(done, done + whole * this.clusterSize));
+          continue;
+        }
         const n = Math.min(data.byteLength - done, this.clusterSize - (pos % this.clusterSize));
         await this.writeCluster(pos, data.subarray(done, done + n));
         done += n;
@@ -430,6 +435,26 @@ export class Qcow2Node extends BlockNode {
       dv.setBigUint64(entry * 16 + 8, bitmap);
     }
     this.tables.markDirty(this.l2OffsetFor(guestBase), table);
+  }
+
+  /**
+   * Whole clusters that hold nothing yet (unallocated or plain zero): nothing to copy, so they get
+   * one contiguous allocation and one data write, as a sequential writer wants.
+   */
+  private async writeNewClusters(pos: number, data: Uint8Array): Promise<number> {
+    const cs = this.clusterSize;
+    const count = data.byteLength / cs;
+    const host = this.hasDataFile ? pos : await (await this.writableRefcounts()).allocate(count);
+    await this.checkOverlap(host, data.byteLength);
+    await this.dataFile.write(host, data);
+    this.dataWritten = true;
+    for (let i = 0; i < count; i++) {
+      const { table, entry, view } = await this.entryForWrite(pos + i * cs);
+      view.dv.setBigUint64(entry * this.entryBytes, BigInt(host + i * cs) | OFLAG_COPIED);
+      if (this.extendedL2) view.dv.setBigUint64(entry * 16 + 8, 0xffffffffn);
+      this.tables.markDirty(this.l2OffsetFor(pos + i * cs), table);
+    }
+    return data.byteLength;
   }
 
   /** Drops this image's reference to the host cluster(s) an entry held (at the next flush). */
