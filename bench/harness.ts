@@ -14,9 +14,16 @@ export interface Contender {
 
 export interface Benchmark {
   name: string;
-  /** What the ratio must satisfy, e.g. { max: 1.0 } for time or { min: 0.5 } for throughput. */
+  /**
+   * What the ratio must satisfy, e.g. { max: 1.0 } for time or { min: 0.5 } for throughput;
+   * {} for a figure reported for scale only.
+   */
   goal: { max?: number; min?: number };
-  unit: 's' | 'GiB/s';
+  unit: 's' | 'GiB/s' | 'MiB';
+  /** false: no untimed warm-up run (a measurement the page cache and JIT do not change). */
+  warmup?: boolean;
+  /** Tools the benchmark needs installed (run.ts skips it otherwise). */
+  requires?: string[];
   rounds: number;
   setup?(): Promise<void>;
   teardown?(): Promise<void>;
@@ -48,8 +55,10 @@ export async function runBenchmark(b: Benchmark): Promise<Result> {
     const ours: number[] = [];
     const theirs: number[] = [];
     // One untimed warm-up each, so page cache and JIT state are alike for both.
-    await b.vdisk.run();
-    await b.peer.run();
+    if (b.warmup !== false) {
+      await b.vdisk.run();
+      await b.peer.run();
+    }
     for (let i = 0; i < b.rounds; i++) {
       // Alternate who goes first so neither always inherits a warmer cache.
       if (i % 2 === 0) {
@@ -64,7 +73,7 @@ export async function runBenchmark(b: Benchmark): Promise<Result> {
     const peer = median(theirs);
     const ratio = vdisk / peer;
     const met = (b.goal.max === undefined || ratio <= b.goal.max) && (b.goal.min === undefined || ratio >= b.goal.min);
-    const goal = b.goal.max !== undefined ? `<= ${b.goal.max}x` : `>= ${b.goal.min}x`;
+    const goal = b.goal.max !== undefined ? `<= ${b.goal.max}x` : b.goal.min !== undefined ? `>= ${b.goal.min}x` : 'none';
     return { name: b.name, unit: b.unit, vdiskName: b.vdisk.name, peerName: b.peer.name, vdisk, peer, ratio, goal, met };
   } finally {
     await b.teardown?.();
@@ -84,10 +93,25 @@ export async function timeCommand(cmd: string, args: string[]): Promise<number> 
   return (performance.now() - start) / 1000;
 }
 
+/** Peak resident memory of a command in MiB (GNU time's %M), its output discarded; fails loudly. */
+export async function maxRssCommand(cmd: string, args: string[]): Promise<number> {
+  const err = await new Promise<string>((resolve, reject) => {
+    const child = spawn('/usr/bin/time', ['-f', 'maxrss-kib=%M', cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let text = '';
+    child.stderr.on('data', (d) => (text += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${text.trim()}`))));
+  });
+  const m = /maxrss-kib=(\d+)\s*$/.exec(err);
+  if (!m) throw new Error(`no peak RSS from /usr/bin/time: ${err.trim()}`);
+  return Number(m[1]) / 1024;
+}
+
 export function formatResults(results: Result[]): string {
   const rows = results.map((r) => {
-    const fmt = (v: number) => (r.unit === 's' ? `${(v * 1000).toFixed(1)} ms` : `${v.toFixed(2)} GiB/s`);
-    return `| ${r.name} | ${r.vdiskName}: ${fmt(r.vdisk)} | ${r.peerName}: ${fmt(r.peer)} | ${r.ratio.toFixed(2)}x | ${r.goal} | ${r.met ? 'met' : 'NOT met'} |`;
+    const fmt = (v: number) => (r.unit === 's' ? `${(v * 1000).toFixed(1)} ms` : r.unit === 'MiB' ? `${v.toFixed(1)} MiB` : `${v.toFixed(2)} GiB/s`);
+    const verdict = r.goal === 'none' ? '' : r.met ? 'met' : 'NOT met';
+    return `| ${r.name} | ${r.vdiskName}: ${fmt(r.vdisk)} | ${r.peerName}: ${fmt(r.peer)} | ${r.ratio.toFixed(2)}x | ${r.goal} | ${verdict} |`;
   });
   return ['| benchmark | vdisk | peer | ratio (vdisk/peer) | goal | |', '|---|---|---|---|---|---|', ...rows].join('\n');
 }

@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { formatResults, runBenchmark, type Benchmark, type Result } from './harness.js';
 import { mapBenchmark } from './map.bench.js';
+import { qemuImgBenchBenchmarks } from './qemu-img-bench.bench.js';
 import { zeroDetectBenchmark } from './zero-detect.bench.js';
 
 /** `npm run bench [-- NAME-FILTER]`: every benchmark, vdisk and its peer side by side. */
 const filter = process.argv[2];
 // The issue's case (20,000 extents) is dominated by Node's start-up; 200,000 shows the per-extent cost.
-const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark()];
+const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark(), ...qemuImgBenchBenchmarks()];
 
 function have(cmd: string): boolean {
   try {
@@ -20,8 +21,9 @@ function have(cmd: string): boolean {
 const results: Result[] = [];
 for (const b of benchmarks) {
   if (filter && !b.name.includes(filter)) continue;
-  if (b.peer.name.startsWith('qemu-img') && !have('qemu-img')) {
-    console.error(`skipping '${b.name}': qemu-img is not installed (Debian: qemu-utils)`);
+  const missing = (b.requires ?? (b.peer.name.startsWith('qemu-img') ? ['qemu-img'] : [])).filter((tool) => !have(tool));
+  if (missing.length > 0) {
+    console.error(`skipping '${b.name}': ${missing.join(', ')} not installed (Debian: qemu-utils, time)`);
     continue;
   }
   console.error(`running: ${b.name} (${b.rounds} rounds)`);

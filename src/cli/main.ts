@@ -4,6 +4,7 @@ import { UsageError } from './errors.js';
 
 /** Subcommands load lazily: `vdisk info` should not pay for the NBD server's imports. */
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  bench: { summary: 'run a simple image benchmark (qemu-img bench)', load: async () => (await import('./bench.js')).bench },
   check: { summary: 'check an image for consistency (qemu-img check)', load: async () => (await import('./check.js')).check },
   create: { summary: 'create a new image (qemu-img create)', load: async () => (await import('./create.js')).create },
   info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },

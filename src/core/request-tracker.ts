@@ -5,20 +5,41 @@
  * that overlaps its widened range, and no request may run alongside an overlapping serialising
  * one. A new request waits only for conflicting requests registered before it, so waits always
  * point backwards in time and can never form a cycle.
+ *
+ * Every request passes through here, so the common case is kept cheap: one small object per
+ * request, no promise unless someone must wait for it, and no scan of the requests in flight
+ * when neither side can conflict (no serialising request anywhere).
  */
-export interface TrackedRequest {
-  readonly start: number;
-  readonly end: number;
-  readonly serialising: boolean;
-  readonly done: Promise<void>;
+export interface Ticket {
+  release(): void;
 }
 
-interface Entry extends TrackedRequest {
-  finish(): void;
+class Entry implements Ticket {
+  private waiters: (() => void)[] | undefined;
+
+  constructor(
+    private readonly tracker: RequestTracker,
+    readonly start: number,
+    readonly end: number,
+    readonly serialising: boolean,
+  ) {}
+
+  /** Resolves when this request completes (made only for those who wait). */
+  done(): Promise<void> {
+    return new Promise((resolve) => (this.waiters ??= []).push(resolve));
+  }
+
+  release(): void {
+    if (!this.tracker.remove(this)) return;
+    const waiters = this.waiters;
+    this.waiters = undefined;
+    if (waiters) for (const wake of waiters) wake();
+  }
 }
 
 export class RequestTracker {
   private readonly active = new Set<Entry>();
+  private serialisingCount = 0;
 
   get size(): number {
     return this.active.size;
@@ -28,27 +49,29 @@ export class RequestTracker {
    * Registers [start, end) and waits until no earlier conflicting request is in flight.
    * The caller must call `release()` on the result when the request completes.
    */
-  async begin(start: number, end: number, serialising: boolean): Promise<{ release(): void }> {
-    const conflicts: Promise<void>[] = [];
-    for (const other of this.active) {
-      if (other.start < end && start < other.end && (serialising || other.serialising)) {
-        conflicts.push(other.done);
+  async begin(start: number, end: number, serialising: boolean): Promise<Ticket> {
+    let conflicts: Promise<void>[] | undefined;
+    if (serialising || this.serialisingCount > 0) {
+      for (const other of this.active) {
+        if (other.start < end && start < other.end && (serialising || other.serialising)) (conflicts ??= []).push(other.done());
       }
     }
-    let finish!: () => void;
-    const done = new Promise<void>((resolve) => (finish = resolve));
-    const entry: Entry = { start, end, serialising, done, finish };
+    const entry = new Entry(this, start, end, serialising);
     this.active.add(entry);
-    if (conflicts.length > 0) await Promise.all(conflicts);
-    return {
-      release: () => {
-        if (this.active.delete(entry)) entry.finish();
-      },
-    };
+    if (serialising) this.serialisingCount++;
+    if (conflicts) await Promise.all(conflicts);
+    return entry;
+  }
+
+  /** @internal Called by a ticket's release(); false when it was released already. */
+  remove(entry: Entry): boolean {
+    if (!this.active.delete(entry)) return false;
+    if (entry.serialising) this.serialisingCount--;
+    return true;
   }
 
   /** Resolves when every request in flight now has completed. */
   async drain(): Promise<void> {
-    while (this.active.size > 0) await Promise.all([...this.active].map((e) => e.done));
+    while (this.active.size > 0) await Promise.all([...this.active].map((e) => e.done()));
   }
 }

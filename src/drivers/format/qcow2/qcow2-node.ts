@@ -366,15 +366,22 @@ export class Qcow2Node extends BlockNode {
   }
 
   protected override async _write(offset: number, data: Uint8Array): Promise<void> {
+    // Overwrites of clusters that are ours alone change no metadata: they run concurrently,
+    // outside the lock, as QEMU's do. The first cluster that needs allocation takes the lock.
+    let start = 0;
+    while (start < data.byteLength) {
+      const run = await this.mapRun(offset + start, data.byteLength - start);
+      if (run.sub !== Sub.Normal || !run.copied) break;
+      await this.inPlace(run.host, data.subarray(start, start + run.length));
+      start += run.length;
+    }
+    if (start === data.byteLength) return;
     await this.locked(async () => {
-      for (let done = 0; done < data.byteLength;) {
+      for (let done = start; done < data.byteLength;) {
         const pos = offset + done;
         const run = await this.mapRun(pos, data.byteLength - done);
         if (run.sub === Sub.Normal && run.copied) {
-          // Ours alone: overwrite in place, no metadata changes.
-          await this.checkOverlap(run.host, run.length);
-          await this.dataFile.write(run.host, data.subarray(done, done + run.length));
-          this.dataWritten = true;
+          await this.inPlace(run.host, data.subarray(done, done + run.length));
           done += run.length;
           continue;
         }
@@ -389,6 +396,23 @@ export class Qcow2Node extends BlockNode {
       }
       await this.relieveCachePressure();
     });
+  }
+
+  /** In-place data writes in flight: a flush lets them land before freed clusters can be reused. */
+  private readonly inPlaceWrites = new Set<Promise<void>>();
+
+  private async inPlace(host: number, data: Uint8Array): Promise<void> {
+    const write = (async () => {
+      await this.checkOverlap(host, data.byteLength);
+      await this.dataFile.write(host, data);
+      this.dataWritten = true;
+    })();
+    this.inPlaceWrites.add(write);
+    try {
+      await write;
+    } finally {
+      this.inPlaceWrites.delete(write);
+    }
   }
 
   /**
@@ -638,6 +662,9 @@ export class Qcow2Node extends BlockNode {
     if (await this.tables.writeL2s()) await file.flush();
     if (await this.tables.writeL1()) await file.flush();
     if (refcounts?.hasPendingFrees) {
+      // An in-place write that mapped a cluster before it was freed must land before the cluster
+      // can be handed out again.
+      await Promise.allSettled([...this.inPlaceWrites]);
       const freed = await refcounts.applyFrees();
       await file.flush();
       for (const index of freed) {

@@ -6,6 +6,7 @@ import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core
 import { FALLOC, native } from '../../../native/index.js';
 import { applyLocks, PERM, permissionsFor } from './locking.js';
 import { DataMap } from './data-map.js';
+import { preadFull, pwriteFull } from './fd-io.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
 export type CacheMode = 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
@@ -129,15 +130,12 @@ export class FileNode extends BlockNode {
   }
 
   protected async _read(offset: number, into: Uint8Array): Promise<void> {
-    const fh = await this.handleFor(into.byteLength);
+    const handle = this.handleFor(into.byteLength);
+    const fh = handle instanceof Promise ? await handle : handle;
     const buf = fh === this.fh ? this.ioBuffer(into) : into;
     let done = 0;
     try {
-      while (done < buf.byteLength) {
-        const { bytesRead } = await fh.read(buf, done, buf.byteLength - done, offset + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
+      done = await preadFull(fh.fd, buf, offset);
     } catch (err) {
       throw fromSystemError(err, this.ctx('read', offset, into.byteLength));
     }
@@ -148,14 +146,11 @@ export class FileNode extends BlockNode {
 
   protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     this.dataMap = undefined;
-    const fh = await this.handleFor(data.byteLength);
+    const handle = this.handleFor(data.byteLength);
+    const fh = handle instanceof Promise ? await handle : handle;
     const buf = fh === this.fh ? this.ioBuffer(data, true) : data;
     try {
-      let done = 0;
-      while (done < buf.byteLength) {
-        const { bytesWritten } = await fh.write(buf, done, buf.byteLength - done, offset + done);
-        done += bytesWritten;
-      }
+      await pwriteFull(fh.fd, buf, offset);
       if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await fh.datasync();
     } catch (err) {
       throw fromSystemError(err, this.ctx('write', offset, data.byteLength));

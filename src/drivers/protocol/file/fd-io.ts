@@ -1,0 +1,39 @@
+import { read, write } from 'node:fs';
+
+/*
+ * Positional reads and writes on a descriptor through fs's callback API: FileHandle's promise
+ * API costs about two and a half times as much per 4 KiB request (measured), and a block device
+ * serving a guest issues little else. Short transfers continue until done (or EOF for reads).
+ */
+
+/** Reads into `buf` from `position` until it is full or the file ends; returns the bytes read. */
+export function preadFull(fd: number, buf: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      read(fd, buf, done, buf.byteLength - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        done += n;
+        if (n === 0 || done === buf.byteLength) resolve(done);
+        else step();
+      });
+    };
+    step();
+  });
+}
+
+/** Writes all of `buf` at `position`. */
+export function pwriteFull(fd: number, buf: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      write(fd, buf, done, buf.byteLength - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        done += n;
+        if (done === buf.byteLength) resolve();
+        else step();
+      });
+    };
+    step();
+  });
+}
