@@ -1,5 +1,5 @@
 import type { BlockNode } from '../../../core/block-node.js';
-import { INCOMPAT, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED } from './constants.js';
+import { INCOMPAT, L2E_OFFSET_MASK, MAX_L1_BYTES, OFLAG_COMPRESSED, OFLAG_COPIED } from './constants.js';
 import type { Qcow2Header } from './header.js';
 import { compressedRange, entryOffset, type EntryView } from './l2-entry.js';
 import type { Refcounts } from './refcounts.js';
@@ -112,6 +112,12 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
   ref(h.l1TableOffset, Math.max(h.l1Size * 8, 1));
   await walkL1(t.l1Entries(), true);
   for (const s of t.snapshotL1s()) {
+    // A snapshot's L1 obeys the same caps as the active one; a hostile size is an error, not an allocation.
+    if (s.size * 8 > MAX_L1_BYTES || s.offset % cs !== 0 || s.offset + s.size * 8 > t.file.size) {
+      res.messages.push(`ERROR snapshot L1 table at 0x${s.offset.toString(16)} with ${s.size} entries is invalid`);
+      res.corruptions++;
+      continue;
+    }
     ref(s.offset, Math.max(s.size * 8, 1));
     const raw = new Uint8Array(s.size * 8);
     if (raw.byteLength > 0) await t.file.read(s.offset, raw);

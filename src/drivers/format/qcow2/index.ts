@@ -3,10 +3,10 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
 import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
-import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
+import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { Qcow2Node } from './qcow2-node.js';
-import { findSnapshot, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
+import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
 
 /** The fixed part of a snapshot table entry (spec §8). */
 const ENTRY_FIXED = 40;
@@ -40,7 +40,12 @@ async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<{ snapsho
     const fixed = new Uint8Array(ENTRY_FIXED);
     await file.read(pos, fixed);
     const dv = new DataView(fixed.buffer);
-    const rest = dv.getUint32(36) + dv.getUint16(12) + dv.getUint16(14);
+    const extra = dv.getUint32(36);
+    const rest = extra + dv.getUint16(12) + dv.getUint16(14);
+    // Check sizes before allocating: a hostile entry may claim gigabytes of extra data.
+    if (extra > MAX_SNAPSHOT_EXTRA_DATA || pos + ENTRY_FIXED + rest - h.snapshotsOffset > MAX_SNAPSHOT_TABLE_SIZE) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: snapshot ${i} is too large`, { op: 'open', path: file.filename });
+    }
     const entry = new Uint8Array(Math.ceil((ENTRY_FIXED + rest) / 8) * 8);
     entry.set(fixed);
     await file.read(pos + ENTRY_FIXED, entry.subarray(ENTRY_FIXED, Math.min(entry.byteLength, file.size - pos)));
@@ -53,7 +58,15 @@ async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<{ snapsho
     table.set(c, at);
     at += c.byteLength;
   }
-  return { snapshots: parseSnapshotTable(table, h.nbSnapshots, h.version), length: table.byteLength };
+  const snapshots = parseSnapshotTable(table, h.nbSnapshots, h.version);
+  const clusterSize = 2 ** h.clusterBits;
+  for (const s of snapshots) {
+    // QEMU refuses these at open too ("Snapshot L1 table too large").
+    if (s.l1Size * 8 > MAX_L1_BYTES || s.l1TableOffset % clusterSize !== 0) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: snapshot '${s.name}' has an invalid L1 table`, { op: 'open', path: file.filename });
+    }
+  }
+  return { snapshots, length: table.byteLength };
 }
 
 async function openBacking(spec: NodeSpec, h: Qcow2Header, file: BlockNode, ctx: OpenContext): Promise<BlockNode | undefined> {

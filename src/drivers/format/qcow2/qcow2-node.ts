@@ -402,6 +402,7 @@ export class Qcow2Node extends BlockNode {
   private readonly inPlaceWrites = new Set<Promise<void>>();
 
   private async inPlace(host: number, data: Uint8Array): Promise<void> {
+    this.checkHostInFile(host, data.byteLength);
     const write = (async () => {
       await this.checkOverlap(host, data.byteLength);
       await this.dataFile.write(host, data);
@@ -440,6 +441,7 @@ export class Qcow2Node extends BlockNode {
     const hosted = old.hostCluster !== 0 || (this.hasDataFile && old.copied);
     const reuse = hosted && old.copied && old.sub !== Sub.Compressed && (extended || old.sub === Sub.ZeroAlloc);
     let host: number;
+    if (reuse) this.checkHostInFile(old.hostCluster, cs);
     if (reuse) host = old.hostCluster;
     else if (this.hasDataFile) host = guestBase;
     else host = await this.refcounts!.allocate(1);
@@ -479,6 +481,19 @@ export class Qcow2Node extends BlockNode {
       this.tables.markDirty(this.l2OffsetFor(pos + i * cs), table);
     }
     return data.byteLength;
+  }
+
+  /**
+   * A cluster the image owns lies inside its file (the file grows as clusters are written). An
+   * entry pointing past the end is corrupt, and following it would grow the file to wherever
+   * it points.
+   */
+  private checkHostInFile(host: number, length: number): void {
+    if (this.hasDataFile) return;
+    const fileEnd = Math.ceil(this.file!.size / this.clusterSize) * this.clusterSize;
+    if (host + length > fileEnd) {
+      throw this.corruption(`a cluster at host offset 0x${host.toString(16)} lies past the end of the file (0x${fileEnd.toString(16)})`);
+    }
   }
 
   /** Drops this image's reference to the host cluster(s) an entry held (at the next flush). */

@@ -209,9 +209,13 @@ export class Refcounts {
     const frees = this.pendingFrees;
     this.pendingFrees = [];
     for (const index of frees) {
-      const value = (await this.get(index)) - 1;
-      await this.set(index, Math.max(0, value));
-      if (value <= 0) {
+      const current = await this.get(index);
+      // Already free: the reference was corrupt (check will report it); never create refcount
+      // blocks for it, which a hostile L2 entry far past the end of the file would demand.
+      if (current === 0) continue;
+      const value = current - 1;
+      await this.set(index, value);
+      if (value === 0) {
         freed.push(index);
         if (index < this.freeHint) this.freeHint = index;
       }
