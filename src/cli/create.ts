@@ -1,11 +1,15 @@
-import { registry } from '../registry/index.js';
+import { open, registry } from '../registry/index.js';
+import { combinePath } from '../registry/registry.js';
 import { lastValue, parseArgs, hasFlag } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
 import { parseSize } from './sizes.js';
 
-const HELP = `usage: vdisk create [-q] -f FMT [-o OPTIONS] IMAGE [SIZE]
-Creates a new image, as qemu-img create does. raw options: preallocation=off|falloc|full.`;
+const HELP = `usage: vdisk create [-q] -f FMT [-o OPTIONS] [-b BACKING [-F BACKING_FMT]] [-u] IMAGE [SIZE]
+Creates a new image, as qemu-img create does; SIZE defaults to the backing file's.
+raw options: preallocation=off|falloc|full.
+qcow2 options: cluster_size, compat, lazy_refcounts, refcount_bits, extended_l2, preallocation,
+data_file, data_file_raw, compression_type, backing_file, backing_fmt.`;
 
 const SECTOR = 512;
 
@@ -26,7 +30,8 @@ export function parseCreateOptions(values: readonly string[]): Record<string, st
 export async function create(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { short: 'o', long: 'options', value: true, multiple: true },
-    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' },
+    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' }, { short: 'b', long: 'backing', value: true },
+    { short: 'F', long: 'backing-format', value: true }, { short: 'u', long: 'unsafe' },
   ], 'vdisk create');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const format = lastValue(p, 'format') ?? 'raw';
@@ -39,14 +44,27 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
   for (const key of Object.keys(options)) {
     if (!driver.createOptions?.includes(key)) throw new UsageError(`${filename}: Invalid parameter '${key}'`);
   }
+  const backing = lastValue(p, 'backing');
+  if (backing !== undefined) options.backing_file = backing;
+  const backingFormat = lastValue(p, 'backing-format');
+  if (backingFormat !== undefined) options.backing_fmt = backingFormat;
   const sizeSource = sizeText ?? options.size;
-  if (sizeSource === undefined) throw new UsageError(`${filename}: Image creation needs a size parameter`);
   delete options.size;
   let size: number;
-  try {
-    size = parseSize(sizeSource);
-  } catch {
-    throw new UsageError(`Invalid image size specified '${sizeSource}'. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
+  if (sizeSource !== undefined) {
+    try {
+      size = parseSize(sizeSource);
+    } catch {
+      throw new UsageError(`Invalid image size specified '${sizeSource}'. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
+    }
+  } else if (options.backing_file !== undefined && !hasFlag(p, 'unsafe')) {
+    size = await backingSize(filename, options.backing_file, options.backing_fmt);
+  } else {
+    throw new UsageError(`${filename}: Image creation needs a size parameter`);
+  }
+  // As qemu-img does, the backing file must open (resolved beside the new image) unless -u.
+  if (options.backing_file !== undefined && sizeSource !== undefined && !hasFlag(p, 'unsafe')) {
+    await backingSize(filename, options.backing_file, options.backing_fmt);
   }
   if (!hasFlag(p, 'quiet')) {
     const extras = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
@@ -56,4 +74,14 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
   const rounded = Math.ceil(size / SECTOR) * SECTOR;
   await driver.create({ filename, size: rounded, options });
   return 0;
+}
+
+/** The virtual size of the backing file an image will name, opened as the image will open it. */
+async function backingSize(image: string, backing: string, format: string | undefined): Promise<number> {
+  const node = await open(combinePath(image, backing), { format, readOnly: true });
+  try {
+    return node.size;
+  } finally {
+    await node.close();
+  }
 }

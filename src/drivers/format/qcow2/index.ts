@@ -6,6 +6,8 @@ import { compressionTypeFromHeader } from './compression.js';
 import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { Qcow2Node } from './qcow2-node.js';
+import { createQcow2 } from './create.js';
+import { QCOW2_CREATE_OPTIONS } from './create-options.js';
 import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
 
 /** The fixed part of a snapshot table entry (spec §8). */
@@ -131,6 +133,8 @@ export const qcow2Driver: DriverDef = {
   kind: 'format',
   options: ['file', 'backing', 'data-file', 'snapshot', 'check', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts'],
   probe: (head) => (isQcow2(head) ? 100 : 0),
+  createOptions: QCOW2_CREATE_OPTIONS,
+  create: createQcow2,
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "qcow2: the 'file' child is required", { op: 'open' });
     const file = await ctx.openChild(exclusiveFile(spec.file as NodeSpec | string), 'file');
