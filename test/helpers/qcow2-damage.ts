@@ -151,12 +151,66 @@ export class Qcow2Bytes {
     return out;
   }
 
-  /** Host clusters inside the file with refcount 0 that nothing above names (cheap: active tables only). */
+  /** Host clusters inside the file with refcount 0. */
   freeClusters(): number[] {
     const out: number[] = [];
     for (let c = 0; c < this.fileClusters; c++) if (this.refcount(c) === 0) out.push(c);
     return out;
   }
+
+  /** The snapshot table's entries (spec §8): where each entry is, and its L1 table. */
+  snapshotEntries(): { at: number; l1Offset: number; l1Size: number }[] {
+    const out: { at: number; l1Offset: number; l1Size: number }[] = [];
+    let at = this.snapshotsOffset;
+    for (let i = 0; i < this.nbSnapshots; i++) {
+      out.push({ at, l1Offset: Number(this.u64(at)), l1Size: this.buf.readUInt32BE(at + 8) });
+      const length = 40 + this.buf.readUInt32BE(at + 36) + this.buf.readUInt16BE(at + 12) + this.buf.readUInt16BE(at + 14);
+      at += Math.ceil(length / 8) * 8;
+    }
+    return out;
+  }
+
+  /**
+   * What each host cluster of an image WITHOUT snapshots holds, from the active tables:
+   * 'data' (plain or compressed guest data), 'l2', 'free' (refcount 0), or 'meta' (header,
+   * refcount table and blocks, L1 table).
+   */
+  clusterKinds(): ('data' | 'l2' | 'free' | 'meta')[] {
+    if (this.nbSnapshots !== 0) throw new Error('clusterKinds reads the active tables only; this image has snapshots');
+    type Kind = 'data' | 'l2' | 'free' | 'meta';
+    const kinds = Array.from({ length: this.fileClusters }, (_, c): Kind => (this.refcount(c) === 0 ? 'free' : 'meta'));
+    const set = (c: number, k: 'data' | 'l2') => { if (c < kinds.length) kinds[c] = k; };
+    for (const t of this.l2Tables()) set(t.offset / this.clusterSize, 'l2');
+    for (const d of this.dataEntries()) set(Math.floor(d.host / this.clusterSize), 'data');
+    for (const e of this.compressedEntries()) for (const c of e.clusters) set(c, 'data');
+    return kinds;
+  }
+
+  /** The last L2 table (by file offset) after which the file holds only data and free clusters. */
+  lastL2Table(): number {
+    const kinds = this.clusterKinds();
+    const last = lastIndex(kinds, (k) => k !== 'data' && k !== 'free');
+    if (kinds[last] !== 'l2') throw new Error(`the file's last metadata cluster (${last}) is ${kinds[last]}, not an L2 table`);
+    return last * this.clusterSize;
+  }
+
+  /**
+   * A length to cut the file to that splits a data cluster in two and drops the next one whole,
+   * with only data (or free clusters) from the split one on: "cut in the middle of data".
+   */
+  cutInData(): number {
+    const kinds = this.clusterKinds();
+    const last = lastIndex(kinds, (k) => k === 'data');
+    if (last < 1 || kinds[last - 1] !== 'data' || kinds.slice(last - 1).some((k) => k !== 'data' && k !== 'free')) {
+      throw new Error('the image does not end with two data clusters');
+    }
+    return last * this.clusterSize - this.clusterSize / 2;
+  }
+}
+
+function lastIndex<T>(items: readonly T[], pred: (item: T) => boolean): number {
+  for (let i = items.length - 1; i >= 0; i--) if (pred(items[i]!)) return i;
+  return -1;
 }
 
 /** Cuts `file` to `length` bytes. */

@@ -1,5 +1,5 @@
 import type { BlockNode } from '../../../core/block-node.js';
-import { INCOMPAT, L2E_OFFSET_MASK, MAX_L1_BYTES, OFLAG_COMPRESSED, OFLAG_COPIED } from './constants.js';
+import { INCOMPAT, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK, MAX_L1_BYTES, OFLAG_COMPRESSED, OFLAG_COPIED } from './constants.js';
 import type { Qcow2Header } from './header.js';
 import { compressedRange, entryOffset, type EntryView } from './l2-entry.js';
 import type { Refcounts } from './refcounts.js';
@@ -51,8 +51,33 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
     totalClusters: Math.ceil(t.size / cs), allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0, messages: [],
   };
   const refs = new Map<number, number>();
+  const refcountMax = h.refcountOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (2 ** h.refcountOrder) - 1;
+  // qcow2_inc_refcounts_imrt: a region reaching a cluster or more past the end is an error, not a reference;
+  // a count that would not fit the refcount width is an overflow, not stored.
   const ref = (offset: number, length = cs) => {
-    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + length - 1) / cs); c++) refs.set(c, (refs.get(c) ?? 0) + 1);
+    if (length <= 0) return;
+    if (offset + length - t.file.size >= cs) {
+      res.messages.push(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offset.toString(16)} size 0x${length.toString(16)}`);
+      res.corruptions++;
+      return;
+    }
+    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + length - 1) / cs); c++) {
+      const n = refs.get(c) ?? 0;
+      if (n >= refcountMax) {
+        res.messages.push(`ERROR: overflow cluster offset=0x${(c * cs).toString(16)}`);
+        res.corruptions++;
+        continue;
+      }
+      refs.set(c, n + 1);
+    }
+  };
+  /** Table bytes as QEMU's bdrv_pread gives them: at any offset, zeros past the end of the file. */
+  const readL2 = async (offset: number): Promise<Uint8Array> => {
+    if (offset % cs === 0 && offset + cs <= t.file.size) return t.readTable(offset);
+    const buf = new Uint8Array(cs);
+    const n = Math.max(0, Math.min(cs, t.file.size - offset));
+    if (n > 0) await t.file.read(offset, buf.subarray(0, n));
+    return buf;
   };
   const extended = (h.incompatibleFeatures & INCOMPAT.EXTL2) !== 0n;
   const dataFile = (h.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n;
@@ -66,24 +91,29 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
     for (const e of entries) {
       const l2 = Number(e & 0x00fffffffffffe00n);
       if (l2 === 0) continue;
+      ref(l2);
       if (l2 % cs !== 0) {
         res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
         res.corruptions++;
-        continue;
       }
-      ref(l2);
-      if (l2 + cs > t.file.size) {
-        res.messages.push(`ERROR l2_offset=${l2.toString(16)}: L2 table is outside the image file`);
-        res.corruptions++;
-        continue;
-      }
-      const table = await t.readTable(l2);
+      const table = await readL2(l2);
       const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
       const view: EntryView = { dv, extendedL2: extended, hasDataFile: dataFile, clusterBits: h.clusterBits };
       for (let i = 0; i < cs / entrySize; i++) {
         const hi = dv.getUint32(i * entrySize);
         const lo = dv.getUint32(i * entrySize + 4);
+        const raw = dv.getBigUint64(i * entrySize);
+        const bitmap = extended ? dv.getBigUint64(i * entrySize + 8) : 0n;
         if (hi & 0x40000000) {
+          if (hi & 0x80000000) {
+            res.messages.push(`ERROR: coffset=0x${compressedRange(view, i).offset.toString(16)}: copied flag must never be set for compressed clusters`);
+            res.corruptions++;
+          }
+          if (bitmap !== 0n) {
+            res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${raw.toString(16)}`);
+            res.corruptions++;
+            continue;
+          }
           const r = compressedRange(view, i);
           ref(r.sectorsStart, r.sectorsLength);
           if (active) {
@@ -93,12 +123,27 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
           }
           continue;
         }
-        const host = entryOffset(hi, lo);
-        if (host === 0) continue;
-        if (host % cs !== 0) {
-          res.messages.push(`ERROR offset=${host.toString(16)}: Cluster is not properly aligned; L2 entry corrupted.`);
+        if (raw & L2E_STD_RESERVED_MASK) {
+          res.messages.push(`ERROR found l2 entry with reserved bits set: ${raw.toString(16)}`);
           res.corruptions++;
+        }
+        const host = entryOffset(hi, lo);
+        if (host === 0) {
+          if (bitmap & 0xffffffffn) {
+            res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+            res.corruptions++;
+          }
           continue;
+        }
+        if ((bitmap >> 32n) & bitmap) {
+          res.messages.push(`ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+          res.corruptions++;
+        }
+        if (host % cs !== 0) {
+          // Still a reference, to both clusters it straddles (QEMU counts it so); only the entry is wrong.
+          const data = extended ? (bitmap & 0xffffffffn) !== 0n : (lo & 1) === 0;
+          res.messages.push(`ERROR offset=${host.toString(16)}: ${data ? 'Data' : 'Preallocated'} cluster is not properly aligned; L2 entry corrupted.`);
+          res.corruptions++;
         }
         if (!dataFile) ref(host);
         if (active) {
@@ -127,7 +172,21 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
   const snapTable = t.snapshotTable();
   if (snapTable && snapTable.length > 0) ref(snapTable.offset, snapTable.length);
   ref(h.refcountTableOffset, h.refcountTableClusters * cs);
-  for (const block of t.refcounts.table) if (block !== 0) ref(block);
+  // check_refblocks: each block inside the image, referenced once (by the refcount table) and by nothing else.
+  for (const [i, block] of t.refcounts.table.entries()) {
+    if (block === 0) continue;
+    if (Math.floor(block / cs) >= fileClusters) {
+      res.messages.push(`ERROR refcount block ${i} is outside image`);
+      res.corruptions++;
+      continue;
+    }
+    ref(block);
+    const n = refs.get(block / cs) ?? 0;
+    if (n !== 1) {
+      res.messages.push(`ERROR refcount block ${i} refcount=${n}`);
+      res.corruptions++;
+    }
+  }
 
   // Compare over the file's clusters: beyond the end there is nothing to leak or lose.
   let highest = -1;
@@ -149,24 +208,29 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
   }
   res.imageEndOffset = (highest + 1) * cs;
 
-  // COPIED must say "refcount is 1" in the active tables.
+  // COPIED must say "refcount is 1" in the active tables. Like QEMU, -r leaks repairs it too when
+  // the refcounts are otherwise consistent (then they can be trusted).
+  const repairCopied: CheckFix = fix === 'all' || (fix === 'leaks' && !res.checkErrors && !res.corruptions && !res.leaks) ? 'all' : 'none';
+  // The stored refcount; undefined where it cannot be read (QEMU then skips the entry silently).
+  const refcountOf = async (cluster: number) => t.refcounts.get(cluster).catch(() => undefined);
   for (const [index, e] of t.l1Entries().entries()) {
     const l2 = Number(e & 0x00fffffffffffe00n);
-    if (l2 === 0 || l2 % cs !== 0) continue;
-    const want = (await t.refcounts.get(l2 / cs)) === 1;
-    if (((e & OFLAG_COPIED) !== 0n) !== want) {
-      await copiedError(t, res, fix, 'l1', h.l1TableOffset, index, want, `L2 cluster: l1_index=${index} l1_entry=${e.toString(16)} refcount=${await t.refcounts.get(l2 / cs)}`);
+    if (l2 === 0) continue;
+    const l2Count = await refcountOf(Math.floor(l2 / cs));
+    const want = l2Count === 1;
+    if (l2Count !== undefined && ((e & OFLAG_COPIED) !== 0n) !== want) {
+      await copiedError(t, res, l2 % cs === 0 ? repairCopied : 'none', 'l1', h.l1TableOffset, index, want, `L2 cluster: l1_index=${index} l1_entry=${e.toString(16)} refcount=${l2Count}`);
     }
-    if (dataFile || l2 + cs > t.file.size) continue;
-    const table = await t.readTable(l2);
+    if (dataFile) continue;
+    const table = await readL2(l2);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     for (let i = 0; i < cs / entrySize; i++) {
       const entry = dv.getBigUint64(i * entrySize);
       const host = Number(entry & L2E_OFFSET_MASK);
-      if (entry & OFLAG_COMPRESSED || host === 0 || host % cs !== 0) continue;
-      const count = await t.refcounts.get(host / cs);
-      if (((entry & OFLAG_COPIED) !== 0n) !== (count === 1)) {
-        await copiedError(t, res, fix, 'l2', l2, i, count === 1, `data cluster: l2_entry=${entry.toString(16)} refcount=${count}`);
+      if (entry & OFLAG_COMPRESSED || host === 0) continue;
+      const count = await refcountOf(Math.floor(host / cs));
+      if (count !== undefined && ((entry & OFLAG_COPIED) !== 0n) !== (count === 1)) {
+        await copiedError(t, res, l2 % cs === 0 && l2 + cs <= t.file.size ? repairCopied : 'none', 'l2', l2, i, count === 1, `data cluster: l2_entry=${entry.toString(16)} refcount=${count}`);
       }
     }
   }

@@ -110,13 +110,42 @@ async function writeAll(fh: fsp.FileHandle, buf: Uint8Array, position: number): 
   }
 }
 
+/** Keeps a few writes in flight: metadata of preallocated images is many small scattered clusters. */
+class WriteQueue {
+  private readonly inflight = new Set<Promise<void>>();
+  private bytes = 0;
+  private failure: unknown;
+
+  constructor(private readonly fh: fsp.FileHandle, private readonly maxWrites = 16, private readonly maxBytes = 64 * 1024 * 1024) {}
+
+  async submit(buf: Uint8Array, position: number): Promise<void> {
+    while (this.inflight.size > 0 && (this.inflight.size >= this.maxWrites || this.bytes + buf.byteLength > this.maxBytes)) {
+      await Promise.race(this.inflight);
+    }
+    if (this.failure !== undefined) throw this.failure;
+    this.bytes += buf.byteLength;
+    const p: Promise<void> = writeAll(this.fh, buf, position).catch((err: unknown) => {
+      this.failure ??= err;
+    }).finally(() => {
+      this.bytes -= buf.byteLength;
+      this.inflight.delete(p);
+    });
+    this.inflight.add(p);
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+}
+
 /**
  * Writes pieces (sorted by offset) in as few writes as their layout allows: overlapping and
  * adjacent pieces form one span, written window by window; holes between spans stay holes.
  */
 async function writePieces(fh: fsp.FileHandle, pieces: readonly Piece[], render: (p: Piece, at: number, buf: Uint8Array) => void, windowSize: number): Promise<void> {
   const rank = (p: Piece): number => (p.kind === 'stale' ? 0 : p.kind === 'zero' ? 1 : 2);
-  const buffer = new Uint8Array(windowSize);
+  const queue = new WriteQueue(fh);
   let next = 0;
   let active: Piece[] = [];
   while (next < pieces.length) {
@@ -127,12 +156,13 @@ async function writePieces(fh: fsp.FileHandle, pieces: readonly Piece[], render:
       const end = Math.min(at + windowSize, spanEnd);
       while (next < pieces.length && pieces[next]!.offset < end) active.push(pieces[next++]!);
       active = active.filter((p) => p.offset + p.length > at);
-      const buf = buffer.subarray(0, end - at).fill(0);
+      const buf = new Uint8Array(end - at);
       for (const p of [...active].sort((a, b) => rank(a) - rank(b))) render(p, at, buf);
-      await writeAll(fh, buf, at);
+      await queue.submit(buf, at);
     }
     active = [];
   }
+  await queue.drain();
 }
 
 /** Zeros, reservations and the final length of a file (the data file, or the image's data area). */

@@ -234,6 +234,8 @@ export class Qcow2Node extends BlockNode {
     const limit = Math.min(maxLength, (this.l2Entries - l2Index) * cs - inCluster);
     const l2Offset = this.tables.l1[l1Index] ?? 0;
     if (l2Offset === 0) return { sub: Sub.UnallocatedPlain, length: limit, host: 0, copied: false };
+    // Tables open leniently so check can see a damaged image; I/O through a bad entry stops here.
+    if (l2Offset % cs !== 0) throw this.corruption(`L1 entry ${l1Index} points at a misaligned L2 table (0x${l2Offset.toString(16)})`);
     const table = await this.tables.get(l2Offset);
     const view: EntryView = {
       dv: new DataView(table.buffer, table.byteOffset, table.byteLength),

@@ -109,6 +109,11 @@ export class Refcounts {
    * counts itself, as QEMU's blocks do). The table grows first when it is too short.
    */
   private async newBlock(tableIndex: number, at: number): Promise<number> {
+    // Cluster 0 is the header: a refcount table that says otherwise is corrupt, and a block at
+    // offset 0 would read back as "no block" and make allocation loop forever.
+    if (at === 0) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: preventing invalid allocation of a refcount block at offset 0`, { op: 'write', path: this.path });
+    }
     if (tableIndex >= this.table.length) await this.growTable(tableIndex + 1);
     const offset = at * this.clusterSize;
     const block = new Uint8Array(this.clusterSize);

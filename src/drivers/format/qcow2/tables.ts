@@ -73,7 +73,7 @@ export class Qcow2Tables {
     for (let i = 0; i < l1Size; i++) {
       const e = dv.getBigUint64(i * 8);
       const off = Number(e & L1E_OFFSET_MASK);
-      if (e & L1E_RESERVED_MASK || off % clusterSize !== 0) {
+      if (e & L1E_RESERVED_MASK & ~0x1ffn) {
         throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: L1 entry ${i} (0x${e.toString(16)}) is invalid`, { op: 'open', path });
       }
       l1.push(off);
