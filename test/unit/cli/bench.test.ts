@@ -1,30 +1,16 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
-import { PassThrough, Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { bench, runBench, type BenchDevice, type BenchParams } from '../../../src/cli/bench.js';
-import { describeError } from '../../../src/cli/main.js';
+import { runBench, type BenchDevice, type BenchParams } from '../../../src/cli/bench.js';
 import { MemoryNode } from '../../../src/drivers/protocol/memory/index.js';
 import { NullNode } from '../../../src/drivers/protocol/null/index.js';
 import { needTools, run, type RunResult } from '../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
+import { vdisk } from '../../helpers/cli.js';
 
-/** `vdisk bench ARGS…` with captured streams, failing as main() does: one line, exit 1. */
-async function vdiskBench(args: readonly string[]): Promise<RunResult> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  stdout.on('data', (d: Buffer) => out.push(d));
-  stderr.on('data', (d: Buffer) => err.push(d));
-  let code: number;
-  try {
-    code = await bench([...args], { stdin: Readable.from(['']), stdout, stderr });
-  } catch (e) {
-    stderr.write(`vdisk bench: ${describeError(e)}\n`);
-    code = 1;
-  }
-  return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
+/** `vdisk bench ARGS…` through main(), as a user runs it. */
+function vdiskBench(args: readonly string[]): Promise<RunResult> {
+  return vdisk(['bench', ...args]);
 }
 
 type Op = { kind: 'read' | 'write' | 'flush'; offset: number; length: number; inFlight: number };

@@ -1,8 +1,8 @@
-import { constants as fsc, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { BlockError, fromSystemError } from '../../../core/errors.js';
 import { native } from '../../../native/index.js';
 import type { CreateRequest } from '../../../registry/driver.js';
-import { applyLocks, permissionsFor } from '../../protocol/file/locking.js';
+import { openForCreate, type CreatedFile } from '../../protocol/file/create.js';
 import { parseQcow2CreateRequest } from './create-options.js';
 import { planQcow2Layout, type Piece, type PlannedFile, type Qcow2Layout } from './create-layout.js';
 import { headerBytesNeeded, writeHeaderCluster, type HeaderImage } from './header-writer.js';
@@ -185,44 +185,6 @@ function noFalloc(path: string): BlockError {
   return new BlockError('ENOTSUP', 'preallocation=falloc needs the native addon (fallocate), which is not loaded', { op: 'create', path });
 }
 
-interface CreatedFile {
-  path: string;
-  fh: fsp.FileHandle;
-  /** The file did not exist before: a failure removes it. */
-  isNew: boolean;
-}
-
-/** Opens (creating) a file and takes QEMU's locks on it, without changing its contents yet. */
-async function openLocked(path: string): Promise<CreatedFile> {
-  const ctx = { op: 'create', path };
-  let isNew = false;
-  try {
-    await fsp.stat(path);
-  } catch (err) {
-    isNew = (err as NodeJS.ErrnoException).code === 'ENOENT';
-  }
-  let fh: fsp.FileHandle;
-  try {
-    fh = await fsp.open(path, fsc.O_RDWR | fsc.O_CREAT, 0o644);
-  } catch (err) {
-    throw fromSystemError(err, ctx);
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new BlockError('EINVAL', `Could not create '${path}': not a regular file`, ctx);
-    // Never truncate an image that a process (vdisk or QEMU) holds with writers locked out.
-    if (native) {
-      const { perm, shared } = permissionsFor(true, true);
-      applyLocks(native, fh.fd, path, perm, shared);
-    }
-  } catch (err) {
-    await fh.close();
-    if (isNew) await fsp.rm(path, { force: true });
-    throw err instanceof BlockError ? err : fromSystemError(err, ctx);
-  }
-  return { path, fh, isNew };
-}
-
 /** The header and extensions must fit in cluster 0; QEMU fails with ENOSPC when they do not. */
 function checkHeaderFits(h: HeaderImage, filename: string): void {
   const clusterSize = 2 ** h.clusterBits;
@@ -247,8 +209,8 @@ export async function createQcow2(req: CreateRequest): Promise<void> {
   const files: CreatedFile[] = [];
   let written = false;
   try {
-    files.push(await openLocked(params.filename));
-    if (params.dataFile !== undefined) files.push(await openLocked(params.dataFile));
+    files.push(await openForCreate(params.filename));
+    if (params.dataFile !== undefined) files.push(await openForCreate(params.dataFile));
     written = true;
     for (const f of files) await f.fh.truncate(0);
     const [image, data] = files as [CreatedFile, CreatedFile | undefined];

@@ -14,9 +14,26 @@ const FIRST_BLOCK = 4096;
  * Creates (or truncates) a file of `size` bytes, as QEMU's file-posix does: `off` leaves it
  * sparse but for the first block, `falloc` reserves every block, `full` writes zeros.
  */
-export async function createFile(path: string, size: number, preallocation: FilePreallocation = 'off'): Promise<void> {
+/** A file opened for creation with QEMU's locks taken; `isNew` says whether it existed before. */
+export interface CreatedFile {
+  path: string;
+  fh: fsp.FileHandle;
+  isNew: boolean;
+}
+
+/**
+ * Opens (creating) a file and takes QEMU's locks on it, without changing its contents: never
+ * truncate an image that a process (vdisk or QEMU) holds with writers locked out. A file this
+ * call created is removed again when it fails.
+ */
+export async function openForCreate(path: string): Promise<CreatedFile> {
   const ctx = { op: 'create', path };
-  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `Invalid image size ${size}`, ctx);
+  let isNew = false;
+  try {
+    await fsp.stat(path);
+  } catch (err) {
+    isNew = (err as NodeJS.ErrnoException).code === 'ENOENT';
+  }
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(path, fsc.O_RDWR | fsc.O_CREAT, 0o644);
@@ -26,11 +43,23 @@ export async function createFile(path: string, size: number, preallocation: File
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new BlockError('EINVAL', `Could not create '${path}': not a regular file`, ctx);
-    // Never truncate an image that a process (vdisk or QEMU) holds with writers locked out.
     if (native) {
       const { perm, shared } = permissionsFor(true, true);
       applyLocks(native, fh.fd, path, perm, shared);
     }
+  } catch (err) {
+    await fh.close();
+    if (isNew) await fsp.rm(path, { force: true });
+    throw err instanceof BlockError ? err : fromSystemError(err, ctx);
+  }
+  return { path, fh, isNew };
+}
+
+export async function createFile(path: string, size: number, preallocation: FilePreallocation = 'off'): Promise<void> {
+  const ctx = { op: 'create', path };
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `Invalid image size ${size}`, ctx);
+  const { fh } = await openForCreate(path);
+  try {
     await fh.truncate(0);
     if (preallocation === 'falloc' && size > 0) {
       if (!native) throw new BlockError('ENOTSUP', 'preallocation=falloc needs the native addon, which is not loaded', ctx);
