@@ -755,14 +755,15 @@ class CaseRunner {
     if (this.failure) return { ok: false };
     // Printed before the operation, so that a replay that hangs shows where.
     if (this.verbose) console.log(`  ${phase} ${op} ...`);
+    const t0 = Date.now();
     try {
       const value = await fn();
-      if (this.verbose) console.log(`  ${phase} ${op}: ok`);
+      if (this.verbose) console.log(`  ${phase} ${op}: ok (${Date.now() - t0} ms)`);
       return { ok: true, value };
     } catch (err) {
       if (err instanceof BlockError) {
         this.codes.push(err.code);
-        if (this.verbose) console.log(`  ${phase} ${op}: BlockError ${err.code}: ${err.message}`);
+        if (this.verbose) console.log(`  ${phase} ${op}: BlockError ${err.code}: ${err.message} (${Date.now() - t0} ms)`);
         return { ok: false };
       }
       const e = err as Error;

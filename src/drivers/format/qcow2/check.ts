@@ -54,7 +54,7 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
   const refcountMax = h.refcountOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (2 ** h.refcountOrder) - 1;
   // qcow2_inc_refcounts_imrt: a region reaching a cluster or more past the end is an error, not a reference;
   // a count that would not fit the refcount width is an overflow, not stored.
-  const ref = (offset: number, length = cs) => {
+  const ref = (offset: number, length = cs, times = 1) => {
     if (length <= 0) return;
     if (offset + length - t.file.size >= cs) {
       res.messages.push(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offset.toString(16)} size 0x${length.toString(16)}`);
@@ -63,12 +63,13 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
     }
     for (let c = Math.floor(offset / cs); c <= Math.floor((offset + length - 1) / cs); c++) {
       const n = refs.get(c) ?? 0;
-      if (n >= refcountMax) {
+      if (n + times > refcountMax) {
         res.messages.push(`ERROR: overflow cluster offset=0x${(c * cs).toString(16)}`);
         res.corruptions++;
+        refs.set(c, refcountMax);
         continue;
       }
-      refs.set(c, n + 1);
+      refs.set(c, n + times);
     }
   };
   /** Table bytes as QEMU's bdrv_pread gives them: at any offset, zeros past the end of the file. */
@@ -88,13 +89,18 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
   /** Walks one L1 table and everything below it; `active` also gathers statistics. */
   const walkL1 = async (entries: bigint[], active: boolean) => {
     let nextContiguous = 0;
+    // Each distinct L2 table is walked once and counted as often as the L1 names it: a hostile
+    // L1 naming one table millions of times must not mean millions of walks.
+    const named = new Map<number, number>();
     for (const e of entries) {
       const l2 = Number(e & 0x00fffffffffffe00n);
-      if (l2 === 0) continue;
-      ref(l2);
+      if (l2 !== 0) named.set(l2, (named.get(l2) ?? 0) + 1);
+    }
+    for (const [l2, times] of named) {
+      ref(l2, cs, times);
       if (l2 % cs !== 0) {
         res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
-        res.corruptions++;
+        res.corruptions += times;
       }
       const table = await readL2(l2);
       const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
@@ -107,48 +113,48 @@ export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckRe
         if (hi & 0x40000000) {
           if (hi & 0x80000000) {
             res.messages.push(`ERROR: coffset=0x${compressedRange(view, i).offset.toString(16)}: copied flag must never be set for compressed clusters`);
-            res.corruptions++;
+            res.corruptions += times;
           }
           if (bitmap !== 0n) {
             res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${raw.toString(16)}`);
-            res.corruptions++;
+            res.corruptions += times;
             continue;
           }
           const r = compressedRange(view, i);
-          ref(r.sectorsStart, r.sectorsLength);
+          ref(r.sectorsStart, r.sectorsLength, times);
           if (active) {
-            res.allocatedClusters++;
-            res.compressedClusters++;
-            res.fragmentedClusters++;
+            res.allocatedClusters += times;
+            res.compressedClusters += times;
+            res.fragmentedClusters += times;
           }
           continue;
         }
         if (raw & L2E_STD_RESERVED_MASK) {
           res.messages.push(`ERROR found l2 entry with reserved bits set: ${raw.toString(16)}`);
-          res.corruptions++;
+          res.corruptions += times;
         }
         const host = entryOffset(hi, lo);
         if (host === 0) {
           if (bitmap & 0xffffffffn) {
             res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
-            res.corruptions++;
+            res.corruptions += times;
           }
           continue;
         }
         if ((bitmap >> 32n) & bitmap) {
           res.messages.push(`ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
-          res.corruptions++;
+          res.corruptions += times;
         }
         if (host % cs !== 0) {
           // Still a reference, to both clusters it straddles (QEMU counts it so); only the entry is wrong.
           const data = extended ? (bitmap & 0xffffffffn) !== 0n : (lo & 1) === 0;
           res.messages.push(`ERROR offset=${host.toString(16)}: ${data ? 'Data' : 'Preallocated'} cluster is not properly aligned; L2 entry corrupted.`);
-          res.corruptions++;
+          res.corruptions += times;
         }
-        if (!dataFile) ref(host);
+        if (!dataFile) ref(host, cs, times);
         if (active) {
-          res.allocatedClusters++;
-          if (nextContiguous !== 0 && host !== nextContiguous) res.fragmentedClusters++;
+          res.allocatedClusters += times;
+          if (nextContiguous !== 0 && host !== nextContiguous) res.fragmentedClusters += times;
           nextContiguous = host + cs;
         }
       }

@@ -136,6 +136,45 @@ function withSnapshot(fields: { l1Size?: number; extra?: number }): Uint8Array {
   return b;
 }
 
+/**
+ * 64 KiB clusters: header, refcount table, refcount block (clusters 0–14 at 1), active L1 (one
+ * entry -> cluster 4), an L2 table whose 8192 entries all map the data cluster 5, a snapshot
+ * table (cluster 6) whose one entry's L1 (clusters 7–14, 65536 entries) names that same L2 table
+ * 65536 times. Every reference is there; only the refcounts are too low, which check reports.
+ */
+function sharedL2Snapshot(): Uint8Array {
+  const cs = 65536;
+  const b = new Uint8Array(15 * cs);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, 0x514649fb);
+  dv.setUint32(4, 3);
+  dv.setUint32(20, 16);
+  dv.setBigUint64(24, 512n * 1024n * 1024n); // one L2 table's worth
+  dv.setUint32(36, 1);
+  dv.setBigUint64(40, 3n * 65536n);
+  dv.setBigUint64(48, 65536n);
+  dv.setUint32(56, 1);
+  dv.setUint32(60, 1); // nb_snapshots
+  dv.setBigUint64(64, 6n * 65536n);
+  dv.setUint32(96, 4);
+  dv.setUint32(100, 112);
+  dv.setBigUint64(cs, 2n * 65536n);
+  for (let c = 0; c < 15; c++) dv.setUint16(2 * cs + c * 2, 1);
+  dv.setBigUint64(3 * cs, (1n << 63n) | (4n * 65536n));
+  for (let i = 0; i < 8192; i++) dv.setBigUint64(4 * cs + i * 8, (1n << 63n) | (5n * 65536n));
+  b.fill(0xab, 5 * cs, 6 * cs);
+  const sn = 6 * cs;
+  dv.setBigUint64(sn, 7n * 65536n);
+  dv.setUint32(sn + 8, 65536);
+  dv.setUint16(sn + 12, 1);
+  dv.setUint32(sn + 36, 24);
+  dv.setBigUint64(sn + 48, 512n * 1024n * 1024n);
+  dv.setBigUint64(sn + 56, 0xffffffffffffffffn);
+  b[sn + 64] = 0x31;
+  for (let i = 0; i < 65536; i++) dv.setBigUint64(7 * cs + i * 8, 4n * 65536n);
+  return b;
+}
+
 const FREE_FIX = 'refcounts.ts Refcounts.applyFrees (~line 207-213): when the current refcount is already 0, do not call set() '
   + '(which creates a refcount block, growing the table to cover the bogus offset) - count it as a corruption ("refcount of cluster N '
   + 'would drop below 0"), as QEMU update_refcount does (-EINVAL, image marked corrupt), and skip it. Belt and braces: '
@@ -231,6 +270,19 @@ export const SCENARIOS: Scenario[] = [
     run: openAndCheck,
     codes: ['E_CORRUPT'],
     mustFail: true,
+  },
+  {
+    name: 'snapshot L1 naming one L2 table 65536 times (check walks it 65536 times: a hang)',
+    found: 'case 1792952417 (seed 1 of the 100k run, snap-64k): snapshot l1_size 1 -> 0xba01 (one random byte), so the snapshot L1 runs on over L2 tables '
+      + 'and data; check(\'none\') took 5.8 s on a 1.5 MB image and the case passed its 10 s budget (check ran in both phases). checkQcow2 walks '
+      + 'every L2 table once per L1 entry that names it: cost = L1 entries x 8192, up to 4 Mi x 8192 decodes (~20 min) for a 33 MiB file.',
+    fix: 'check.ts checkQcow2 walkL1 (~line 66-110): walk each distinct L2 table once per L1 table and add its references as many times as it is named '
+      + '(or count the duplicate L1 references as corruptions, since one L1 naming a table twice is already inconsistent); then the work is bounded by '
+      + 'the file size, not by l1_size x entries.',
+    image: () => sharedL2Snapshot(),
+    run: openAndCheck,
+    codes: ['E_CORRUPT'],
+    mustFail: false,
   },
 ];
 
