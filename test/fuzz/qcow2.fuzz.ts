@@ -13,7 +13,8 @@
  * consistent huge geometries (size with a matching l1_size), the header-extension area (types,
  * lengths, feature-table bytes, a new or duplicated extension, backing-name bytes), L1 entries, L2
  * entries (offsets, COPIED/ZERO/COMPRESSED/reserved bits, compressed descriptors' offset and
- * sector count, subcluster bitmaps), compressed bytes, refcount-table entries, refcount blocks,
+ * sector count, subcluster bitmaps), compressed bytes, refcount-table entries (also many naming
+ * one block), refcount blocks (also filled with one byte),
  * snapshot-table fields and bytes, one cluster copied over another, truncation, appended bytes
  * and bit flips.
  *
@@ -628,7 +629,16 @@ function mutateOnce(rng: Rng, L: Layout, b: Uint8Array, m: Mutant): Uint8Array {
       return b;
     }
     case 'reftable': {
-      const n = Math.max(1, Math.min(L.refcountTableClusters * cs / 8, 64));
+      const entries = L.refcountTableClusters * cs / 8;
+      if (rng.chance(0.15)) {
+        // Many entries naming one block (or none): the allocator's view of the whole file changes.
+        const v = BigInt(rng.chance(0.7) && L.refcountBlocks.length ? rng.pick(L.refcountBlocks) : rng.pick(L.metadata));
+        const k = rng.pick([2, 16, 256, entries]);
+        for (let i = 0; i < Math.min(k, entries); i++) put(b, L.refcountTableOffset + i * 8, 8, v);
+        m.log.push(`reftable[0..${Math.min(k, entries)}) <- ${hex(v)}`);
+        return b;
+      }
+      const n = Math.max(1, Math.min(entries, 64));
       const i = rng.int(n);
       const at = L.refcountTableOffset + i * 8;
       const old = get(b, at, 8);
@@ -640,6 +650,13 @@ function mutateOnce(rng: Rng, L: Layout, b: Uint8Array, m: Mutant): Uint8Array {
     case 'refblock': {
       if (!L.refcountBlocks.length) return b;
       const blk = rng.pick(L.refcountBlocks);
+      if (rng.chance(0.15)) {
+        // Every cluster it covers in use (or free).
+        const v = rng.pick([0xff, 0x00, 0x01]);
+        b.fill(v, blk, Math.min(blk + cs, b.byteLength));
+        m.log.push(`refblock@${blk} filled with ${hex(v)}`);
+        return b;
+      }
       const at = blk + rng.int(Math.min(cs, 256));
       const v = rng.pick([0, 1, 2, 0xff, rng.int(256)]);
       const n = rng.pick([1, 1, 2, 8]);

@@ -32,6 +32,11 @@ export class Refcounts {
   private tableClusters: number;
   /** Bumped whenever a refcount block or the table moves or appears. */
   version = 0;
+  /**
+   * Two table entries naming one refcount block, if the image has them. Reads are fine, but
+   * every count in that block would stand for two ranges of clusters, so nothing is allocated.
+   */
+  private readonly sharedBlock: string | undefined;
 
   private constructor(
     private readonly file: BlockNode,
@@ -46,6 +51,14 @@ export class Refcounts {
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.tableOffset = header.refcountTableOffset;
     this.tableClusters = header.refcountTableClusters;
+    const seen = new Map<number, number>();
+    table.forEach((off, i) => {
+      const first = seen.get(off);
+      if (off && first !== undefined && this.sharedBlock === undefined) {
+        this.sharedBlock = `refcount table entries ${first} and ${i} both name the refcount block at 0x${off.toString(16)}`;
+      }
+      seen.set(off, i);
+    });
     this.cache = new TableCache(cacheBytes, async (offset) => {
       // Only blocks on disk load through here; new ones live in `dirty` until written.
       if (offset + this.clusterSize > this.file.size) {
@@ -130,12 +143,11 @@ export class Refcounts {
    * Clusters past the end of the file are free.
    */
   async allocate(count: number): Promise<number> {
+    if (this.sharedBlock) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: ${this.sharedBlock}; refusing to allocate`, { op: 'write', path: this.path });
+    }
     for (;;) {
-      let start = this.freeHint;
-      for (let run = 0, i = start; run < count; i++) {
-        if ((await this.get(i)) === 0) run++;
-        else [run, start] = [0, i + 1];
-      }
+      const start = await this.freeRun(count);
       // A missing refcount block takes the first candidate cluster; then search again.
       const missing = await this.firstMissingBlock(start, count);
       if (missing !== undefined) {
@@ -146,6 +158,34 @@ export class Refcounts {
       if (start === this.freeHint) this.freeHint = start + count;
       return start * this.clusterSize;
     }
+  }
+
+  /**
+   * The first cluster of `count` free ones from `freeHint` on. One await per refcount block, the
+   * entries scanned in a tight loop: a file full of used clusters costs a pass over its blocks,
+   * not a promise per cluster.
+   */
+  private async freeRun(count: number): Promise<number> {
+    let start = this.freeHint;
+    let run = 0;
+    for (let i = start; run < count;) {
+      const ti = Math.floor(i / this.perBlock);
+      const end = (ti + 1) * this.perBlock;
+      const offset = this.table[ti] ?? 0;
+      if (offset === 0) {
+        // No block: every cluster it would cover is free.
+        const take = Math.min(count - run, end - i);
+        run += take;
+        i += take;
+        continue;
+      }
+      const block = await this.block(offset);
+      for (; i < end && run < count; i++) {
+        if (readEntry(block, i % this.perBlock, this.bits) === 0) run++;
+        else [run, start] = [0, i + 1];
+      }
+    }
+    return start;
   }
 
   private async firstMissingBlock(start: number, count: number): Promise<{ tableIndex: number; at: number } | undefined> {

@@ -175,6 +175,31 @@ function sharedL2Snapshot(): Uint8Array {
   return b;
 }
 
+/**
+ * 64 KiB clusters, 16-bit refcounts: every one of the refcount table's 8192 entries names the
+ * same refcount block, and that block says every cluster it covers is in use (0xffff). So the
+ * first allocation finds no free cluster below 8192 * 32768 clusters (16 TiB). A 320 KiB file.
+ */
+function sharedFullRefcountBlock(): Uint8Array {
+  const cs = 65536;
+  const b = new Uint8Array(5 * cs);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, 0x514649fb);
+  dv.setUint32(4, 3);
+  dv.setUint32(20, 16);
+  dv.setBigUint64(24, 512n * 1024n * 1024n);
+  dv.setUint32(36, 1);
+  dv.setBigUint64(40, 3n * 65536n);
+  dv.setBigUint64(48, 65536n);
+  dv.setUint32(56, 1);
+  dv.setUint32(96, 4);
+  dv.setUint32(100, 112);
+  for (let i = 0; i < 8192; i++) dv.setBigUint64(cs + i * 8, 2n * 65536n);
+  b.fill(0xff, 2 * cs, 3 * cs);
+  dv.setBigUint64(3 * cs, (1n << 63n) | (4n * 65536n));
+  return b;
+}
+
 const FREE_FIX = 'refcounts.ts Refcounts.applyFrees (~line 207-213): when the current refcount is already 0, do not call set() '
   + '(which creates a refcount block, growing the table to cover the bogus offset) - count it as a corruption ("refcount of cluster N '
   + 'would drop below 0"), as QEMU update_refcount does (-EINVAL, image marked corrupt), and skip it. Belt and braces: '
@@ -282,6 +307,30 @@ export const SCENARIOS: Scenario[] = [
     image: () => sharedL2Snapshot(),
     run: openAndCheck,
     codes: ['E_CORRUPT'],
+    mustFail: false,
+  },
+  {
+    name: 'refcount table naming one full refcount block 8192 times (the first allocation scans 268 M clusters: a hang)',
+    found: 'case 3962041007 (seed 3 of the 100k run, v3-64k-refcount1): reftable[0..8192) <- 0x20000 and that refcount block filled with 0xff, so with '
+      + '1-bit refcounts 8192 x 524288 clusters look used; the case hung past its 10 s budget. (First seen by review while minimising the reftable[0] hang.) '
+      + 'Refcounts.allocate awaits get(i) once per cluster from freeHint up, ~18 ms per 32768-cluster block, so this 320 KiB image makes the first '
+      + 'allocating write take ~140 s (1024 entries: 17 s). QEMU 7.2 on the same image: 3.5 s, then "Write failed: File too large".',
+    fix: 'refcounts.ts Refcounts.allocate (~line 127-143): scan a loaded refcount block synchronously (readEntry over the block\'s bytes, no await per '
+      + 'cluster) and skip a block with no zero entry in one step; and refuse a refcount table that names one block twice (Refcounts.load, ~line 58-72: '
+      + 'E_CORRUPT, as QEMU check reports), which is what lets a small file claim terabytes of used clusters.',
+    image: () => sharedFullRefcountBlock(),
+    run: async (ctx) => {
+      let node: BlockNode | undefined;
+      await ctx.step('open rw', async () => {
+        node = await open({ driver: 'qcow2', file: { driver: 'file', filename: ctx.file } });
+      });
+      if (!node) return;
+      const n = node;
+      await ctx.step('write 4 KiB at guest 0 (allocates)', () => n.write(0, new Uint8Array(4096).fill(0x5a)));
+      await ctx.step('flush', () => n.flush());
+      await ctx.step('close', () => n.close());
+    },
+    codes: ['E_CORRUPT', 'ENOSPC', 'ERANGE'],
     mustFail: false,
   },
 ];
