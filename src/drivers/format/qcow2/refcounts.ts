@@ -36,7 +36,7 @@ export class Refcounts {
    * Two table entries naming one refcount block, if the image has them. Reads are fine, but
    * every count in that block would stand for two ranges of clusters, so nothing is allocated.
    */
-  private readonly sharedBlock: string | undefined;
+  private sharedBlock: string | undefined;
 
   private constructor(
     private readonly file: BlockNode,
