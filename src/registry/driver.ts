@@ -54,6 +54,11 @@ export interface DriverDef {
   readonly name: string;
   readonly aliases?: readonly string[];
   readonly kind: 'protocol' | 'format' | 'filter';
+  /**
+   * URI schemes a protocol driver claims in filenames (QEMU's protocol_name): a filename
+   * `scheme:…` opens this driver with `{ filename }` instead of the file driver.
+   */
+  readonly protocols?: readonly string[];
   /** Option keys the driver accepts besides `driver`, `node-name`, `read-only`, `detect-zeroes`. */
   readonly options: readonly string[];
   /** Score for how sure the driver is that `head` (the first bytes) is its format; 0 = not mine. */

@@ -40,6 +40,18 @@ export class Registry {
     return [...new Set(this.drivers.values())].filter((d) => !kind || d.kind === kind);
   }
 
+  /** The protocol driver whose URI scheme starts `filename` (`nbd://…`), if any claims it. */
+  protocolFor(filename: string): string | undefined {
+    const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(filename)?.[1]?.toLowerCase();
+    if (!scheme) return undefined;
+    return this.list('protocol').find((d) => d.protocols?.includes(scheme))?.name;
+  }
+
+  /** The protocol node spec for a plain filename: a claimed URI, or a local file. */
+  private protocolSpec(filename: string): NodeSpec {
+    return { driver: this.protocolFor(filename) ?? 'file', filename };
+  }
+
   /** The best-scoring format for these first bytes; raw is the last resort. */
   probe(head: Uint8Array, filename = ''): string {
     let best: DriverDef | undefined;
@@ -79,7 +91,7 @@ export class Registry {
   }
 
   private async openProbed(filename: string, options: OpenOptions, depth: number): Promise<BlockNode> {
-    const file = await this.openSpec({ driver: 'file', filename }, options, depth);
+    const file = await this.openSpec(this.protocolSpec(filename), options, depth);
     let format: string;
     try {
       const head = new Uint8Array(Math.min(PROBE_BYTES, file.size));
@@ -91,7 +103,7 @@ export class Registry {
     }
     await file.close();
     // Reopened rather than reused so the format driver owns a child opened its own way.
-    return this.openSpec({ driver: format, file: { driver: 'file', filename }, ...(format === 'raw' ? { probed: true } : {}) }, options, depth);
+    return this.openSpec({ driver: format, file: this.protocolSpec(filename), ...(format === 'raw' ? { probed: true } : {}) }, options, depth);
   }
 
   private async openSpec(input: NodeSpec, options: OpenOptions, depth: number): Promise<BlockNode> {
@@ -122,7 +134,7 @@ export class Registry {
       depth,
       openChild: (child, _role) => {
         const spec = typeof child === 'string' ? parseFilename(child) : child;
-        if (typeof spec === 'string') return this.openSpec({ driver: 'file', filename: spec }, options, depth);
+        if (typeof spec === 'string') return this.openSpec(this.protocolSpec(spec), options, depth);
         // QEMU lets `file.filename=x` stand for a file child without naming its driver.
         return this.openSpec(spec.driver === undefined ? { ...spec, driver: 'file' } : spec, options, depth);
       },
@@ -137,7 +149,8 @@ export class Registry {
           }
           return this.openAt(name, { ...options, readOnly: ref.readOnly ?? options.readOnly }, depth + 1, ref.format);
         }
-        const target = combinePath(ref.relativeTo, name);
+        // A URI (nbd://…) names its own place; only paths are relative to the naming image.
+        const target = this.protocolFor(name) ? name : combinePath(ref.relativeTo, name);
         await checkGate(options.gate ?? { mode: 'permissive' }, target, ref.relativeTo);
         return this.openAt(target, { ...options, readOnly: ref.readOnly ?? options.readOnly, detectZeroes: undefined }, depth + 1, ref.format);
       },

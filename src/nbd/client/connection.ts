@@ -1,0 +1,290 @@
+import { BlockError, type BlockErrorCode } from '../../core/errors.js';
+import { STRERROR } from '../../core/strerror.js';
+import {
+  COMMAND_NAMES, NBD_CMD_BLOCK_STATUS, NBD_CMD_DISC, NBD_CMD_READ, NBD_ESHUTDOWN, NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_FLAG_ERROR, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_HEADER_SIZE, blockCodeFor, encodeRequest,
+} from '../protocol.js';
+import { decodeBlockStatus, decodeError, decodeHole, MAX_ERROR_PAYLOAD, MAX_STATUS_PAYLOAD } from './chunks.js';
+import type { ExportInfo, Wire } from './handshake.js';
+
+/** Names of the NBD errors, for messages (the wire carries Linux errno values). */
+const NBD_ERRNO_NAMES: Record<number, string> = {
+  1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN',
+};
+
+/** Errors of requests that failed only because the server went away: safe to send again. */
+const losses = new WeakSet<Error>();
+
+export function isConnectionLoss(err: unknown): boolean {
+  return err instanceof Error && losses.has(err);
+}
+
+/** A reply that breaks the protocol: the stream cannot be trusted any more. Internal to the reply loop. */
+class ProtocolViolation extends Error {}
+
+export interface CommandResult {
+  /** BLOCK_STATUS: context id → [length, flags, …] as the server sent them. */
+  extents?: Map<number, Uint32Array>;
+}
+
+export interface Command {
+  type: number;
+  flags: number;
+  offset: number;
+  length: number;
+  /** WRITE: the bytes that follow the header. */
+  payload?: Uint8Array;
+  /** READ: where the data goes. */
+  into?: Uint8Array;
+}
+
+interface Pending extends Command {
+  cookie: bigint;
+  /** READ: bytes covered by data and hole chunks so far. */
+  covered: number;
+  extents?: Map<number, Uint32Array>;
+  /** The first failure reported for this request; the reply still runs to its DONE chunk. */
+  error?: BlockError;
+  shutdown?: boolean;
+  timer?: NodeJS.Timeout;
+  resolve(r: CommandResult): void;
+  reject(e: BlockError): void;
+}
+
+export interface ConnectionOptions {
+  /** Names the server in messages. */
+  describe: string;
+  /** Milliseconds a request may wait for its reply before the connection is given up; 0: forever. */
+  requestTimeoutMs: number;
+  /** Called once when the connection dies or the server shuts down, other than by close(). */
+  onLost?(reason: BlockError): void;
+}
+
+/**
+ * One NBD connection in the transmission phase: sends requests with fresh cookies, and one reply
+ * loop matches replies to them, so any number may be in flight and answered in any order. A
+ * protocol violation, a lost socket or a request timeout fails every pending request at once.
+ */
+export class NbdConnection {
+  private readonly pending = new Map<bigint, Pending>();
+  private nextCookie = 1n;
+  /** Set once the connection is unusable; every request fails with it. */
+  private dead: BlockError | undefined;
+  /** Set when no new request may start (server shutdown, close()); pending ones still finish. */
+  private refusing: BlockError | undefined;
+  private closing = false;
+  private drained: (() => void) | undefined;
+
+  constructor(private readonly wire: Wire, readonly info: ExportInfo, private readonly opts: ConnectionOptions) {
+    if ('setNoDelay' in wire.socket) (wire.socket as { setNoDelay(on: boolean): void }).setNoDelay(true);
+    void this.replyLoop();
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Why this connection can take no more requests, if it cannot. */
+  get unusable(): BlockError | undefined {
+    return this.dead ?? this.refusing;
+  }
+
+  send(cmd: Command): Promise<CommandResult> {
+    const stop = this.dead ?? this.refusing;
+    if (stop) return Promise.reject(stop);
+    const cookie = this.nextCookie++;
+    return new Promise<CommandResult>((resolve, reject) => {
+      const p: Pending = { ...cmd, cookie, covered: 0, resolve, reject };
+      this.pending.set(cookie, p);
+      const ms = this.opts.requestTimeoutMs;
+      if (ms > 0) {
+        p.timer = setTimeout(() => this.kill('ETIMEDOUT',
+          `${COMMAND_NAMES[p.type]} got no reply within ${ms / 1000} s; the connection is closed`, false), ms);
+      }
+      const header = encodeRequest({ flags: cmd.flags, type: cmd.type, cookie, offset: BigInt(cmd.offset), length: cmd.length });
+      const socket = this.wire.socket;
+      if (cmd.payload) {
+        // One writev for header and payload.
+        socket.cork();
+        socket.write(header);
+        socket.write(cmd.payload);
+        socket.uncork();
+      } else socket.write(header);
+    });
+  }
+
+  /** Soft disconnect: waits for the requests in flight, sends NBD_CMD_DISC and closes the socket. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.refusing ??= new BlockError('ESHUTDOWN', `${this.opts.describe}: the connection is closed`, { op: 'close', path: this.opts.describe });
+    if (this.pending.size > 0 && !this.dead) await new Promise<void>((resolve) => (this.drained = resolve));
+    const socket = this.wire.socket;
+    if (!this.dead && socket.writable) {
+      const disc = encodeRequest({ flags: 0, type: NBD_CMD_DISC, cookie: this.nextCookie++, offset: 0n, length: 0 });
+      await new Promise<void>((resolve) => socket.end(disc, () => resolve()));
+    }
+    socket.destroy();
+  }
+
+  /** Hard disconnect: every pending request fails with `why`. */
+  kill(code: BlockErrorCode, why: string, retriable: boolean, cause?: unknown): void {
+    if (this.dead) return;
+    this.dead = new BlockError(code, `${this.opts.describe}: ${why}`, { path: this.opts.describe }, cause === undefined ? undefined : { cause });
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      const err = this.error(p, code, why, cause);
+      if (retriable) losses.add(err);
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.wire.socket.destroy();
+    this.drained?.();
+    if (!this.closing) this.opts.onLost?.(this.dead);
+  }
+
+  // ---- replies ----------------------------------------------------------------------------
+
+  private async replyLoop(): Promise<void> {
+    try {
+      for (;;) await this.readReply();
+    } catch (err) {
+      if (this.dead) return;
+      if (err instanceof ProtocolViolation) return this.kill('EIO', `protocol error: ${err.message}; disconnected`, false);
+      // The socket ended or failed: after close() that is expected, otherwise the server went away.
+      if (this.closing) return this.kill('ESHUTDOWN', 'the connection is closed', false);
+      this.kill('EIO', 'the NBD server closed the connection', true, this.wire.reader.endedWith ?? err);
+    }
+  }
+
+  private async readReply(): Promise<void> {
+    const reader = this.wire.reader;
+    const head = await reader.read(SIMPLE_REPLY_SIZE);
+    const magic = head.readUInt32BE(0);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) return this.simpleReply(head.readUInt32BE(4), head.readBigUInt64BE(8));
+    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) throw new ProtocolViolation(`bad reply magic 0x${magic.toString(16)}`);
+    const length = (await reader.read(STRUCTURED_REPLY_HEADER_SIZE - SIMPLE_REPLY_SIZE)).readUInt32BE(0);
+    const flags = head.readUInt16BE(4);
+    const type = head.readUInt16BE(6);
+    const p = this.lookup(head.readBigUInt64BE(8));
+    if (!this.info.structuredReplies) throw new ProtocolViolation('a structured reply chunk, which was not negotiated');
+    await this.chunk(p, type, length);
+    if (flags & NBD_REPLY_FLAG_DONE) this.finish(p);
+    else if (type === NBD_REPLY_TYPE_NONE) throw new ProtocolViolation('an NBD_REPLY_TYPE_NONE chunk without the DONE flag');
+  }
+
+  private lookup(cookie: bigint): Pending {
+    const p = this.pending.get(cookie);
+    if (!p) throw new ProtocolViolation(`a reply for cookie ${cookie}, which no request in flight has`);
+    return p;
+  }
+
+  private async simpleReply(error: number, cookie: bigint): Promise<void> {
+    const p = this.lookup(cookie);
+    if (error !== 0) {
+      p.error = this.serverError(p, error, '');
+    } else if (p.type === NBD_CMD_READ) {
+      // Under structured replies a read's data must come in chunks; a simple reply is unframed data.
+      if (this.info.structuredReplies) throw new ProtocolViolation('a simple reply carrying read data after structured replies were agreed');
+      await this.wire.reader.readInto(p.into!);
+      p.covered = p.length;
+    } else if (p.type === NBD_CMD_BLOCK_STATUS) {
+      throw new ProtocolViolation('a simple success reply to NBD_CMD_BLOCK_STATUS');
+    }
+    this.finish(p);
+  }
+
+  /** Handles one chunk's payload; a malformed chunk fails its request, an unknown type the connection. */
+  private async chunk(p: Pending, type: number, length: number): Promise<void> {
+    const reader = this.wire.reader;
+    const refuse = async (why: string): Promise<void> => {
+      p.error ??= this.error(p, 'EIO', `the server sent ${why}`);
+      await reader.skip(length);
+    };
+    if (type === NBD_REPLY_TYPE_NONE) {
+      if (length !== 0) throw new ProtocolViolation(`an NBD_REPLY_TYPE_NONE chunk of ${length} bytes`);
+      return;
+    }
+    if (type & NBD_REPLY_TYPE_FLAG_ERROR) {
+      if (length > MAX_ERROR_PAYLOAD) return refuse(`an error chunk of ${length} bytes`);
+      const e = decodeError(type, await reader.read(length));
+      if (typeof e === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${e}`));
+      // An error of 0 is no error at all: the request still failed, cause unknown.
+      p.error ??= this.serverError(p, e.error || 5, e.message);
+      return;
+    }
+    if (type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE) {
+      if (p.type !== NBD_CMD_READ) throw new ProtocolViolation(`read data in the reply to ${COMMAND_NAMES[p.type]}`);
+      let at: bigint;
+      let size: number;
+      if (type === NBD_REPLY_TYPE_OFFSET_DATA) {
+        if (length < 9) throw new ProtocolViolation(`an OFFSET_DATA chunk of ${length} bytes`);
+        at = (await reader.read(8)).readBigUInt64BE(0);
+        size = length - 8;
+      } else {
+        if (length !== 12) throw new ProtocolViolation(`an OFFSET_HOLE chunk of ${length} bytes`);
+        const hole = decodeHole(await reader.read(12));
+        if (typeof hole === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${hole}`));
+        [at, size, length] = [hole.offset, hole.size, 0];
+      }
+      const rel = Number(at - BigInt(p.offset));
+      if (at < BigInt(p.offset) || rel + size > p.length || p.covered + size > p.length) {
+        p.error ??= this.error(p, 'EIO', `the server sent read data for ${size} bytes at ${at}, outside the request or twice`);
+        if (type === NBD_REPLY_TYPE_OFFSET_DATA) await reader.skip(size);
+        return;
+      }
+      if (type === NBD_REPLY_TYPE_OFFSET_DATA) await reader.readInto(p.into!.subarray(rel, rel + size));
+      else p.into!.fill(0, rel, rel + size);
+      p.covered += size;
+      return;
+    }
+    if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
+      if (p.type !== NBD_CMD_BLOCK_STATUS) throw new ProtocolViolation(`block status in the reply to ${COMMAND_NAMES[p.type]}`);
+      if (length > MAX_STATUS_PAYLOAD) return refuse(`a BLOCK_STATUS chunk of ${length} bytes`);
+      const status = decodeBlockStatus(await reader.read(length));
+      if (typeof status === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${status}`));
+      if (!this.info.contexts.has(status.contextId)) return void (p.error ??= this.error(p, 'EIO', `the server sent block status for unknown context ${status.contextId}`));
+      p.extents ??= new Map();
+      if (p.extents.has(status.contextId)) return void (p.error ??= this.error(p, 'EIO', 'the server sent block status for one context twice'));
+      p.extents.set(status.contextId, status.extents);
+      return;
+    }
+    // Unknown types without the error bit cannot be understood or safely skipped (spec §3.3).
+    throw new ProtocolViolation(`an unknown reply chunk type ${type}`);
+  }
+
+  private finish(p: Pending): void {
+    this.pending.delete(p.cookie);
+    clearTimeout(p.timer);
+    if (!p.error && p.type === NBD_CMD_READ && p.covered !== p.length) {
+      p.error = this.error(p, 'EIO', `the server's read reply covered ${p.covered} of ${p.length} bytes`);
+    }
+    if (!p.error && p.type === NBD_CMD_BLOCK_STATUS && (p.extents?.size ?? 0) !== this.info.contexts.size) {
+      p.error = this.error(p, 'EIO', `the server sent block status for ${p.extents?.size ?? 0} of ${this.info.contexts.size} contexts`);
+    }
+    if (p.error) p.reject(p.error);
+    else p.resolve(p.extents ? { extents: p.extents } : {});
+    if (p.shutdown && !this.refusing) {
+      // NBD_ESHUTDOWN asks the client to disconnect: nothing new is sent, pending requests finish.
+      this.refusing = new BlockError('ESHUTDOWN', `${this.opts.describe}: the server is shutting down`, { path: this.opts.describe });
+      void this.close().then(() => this.opts.onLost?.(this.refusing!));
+    }
+    if (this.pending.size === 0) this.drained?.();
+  }
+
+  private serverError(p: Pending, nbdError: number, message: string): BlockError {
+    if (nbdError === NBD_ESHUTDOWN) p.shutdown = true;
+    const code = blockCodeFor(nbdError);
+    const name = NBD_ERRNO_NAMES[nbdError] ?? `error ${nbdError}`;
+    const words = message || STRERROR[name] || name;
+    return this.error(p, code, `${words} (${name})`);
+  }
+
+  private error(p: Pending, code: BlockErrorCode, what: string, cause?: unknown): BlockError {
+    const name = COMMAND_NAMES[p.type] ?? `command ${p.type}`;
+    return new BlockError(code, `${this.opts.describe}: ${name} of ${p.length} bytes at offset ${p.offset} failed: ${what}`,
+      { op: name, offset: p.offset, length: p.length, path: this.opts.describe }, cause === undefined ? undefined : { cause });
+  }
+}
