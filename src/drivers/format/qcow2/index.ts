@@ -5,6 +5,7 @@ import { boolOption, numberOption, stringOption } from '../../../registry/option
 import { compressionTypeFromHeader } from './compression.js';
 import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
+import { writeFeatureField } from './header-update.js';
 import { Qcow2Node } from './qcow2-node.js';
 import { createQcow2 } from './create.js';
 import { QCOW2_CREATE_OPTIONS } from './create-options.js';
@@ -107,10 +108,7 @@ async function prepareForWriting(file: BlockNode, h: Qcow2Header, checking: bool
   }
   const keep = h.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW;
   if (h.version === 3 && keep !== h.autoclearFeatures) {
-    const field = new Uint8Array(8);
-    new DataView(field.buffer).setBigUint64(0, keep);
-    await file.write(88, field);
-    await file.flush();
+    await writeFeatureField(file, 'autoclear', keep);
     h.autoclearFeatures = keep;
   }
 }

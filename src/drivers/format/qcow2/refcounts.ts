@@ -328,6 +328,39 @@ export class Refcounts {
   }
 }
 
+/**
+ * Loads an image's refcount structures on first use: reads that never allocate, check or look
+ * for preallocation never read them. Concurrent first users share one load.
+ */
+export class RefcountLoader {
+  private loading: Promise<Refcounts> | undefined;
+  private loaded: Refcounts | undefined;
+
+  constructor(
+    private readonly file: BlockNode,
+    private readonly header: Qcow2Header,
+    private readonly path: string,
+    private readonly cacheBytes: number,
+  ) {}
+
+  get(): Promise<Refcounts> {
+    if (this.loaded) return Promise.resolve(this.loaded);
+    this.loading ??= Refcounts.load(this.file, this.header, this.path, this.cacheBytes).then(
+      (r) => (this.loaded = r),
+      (err: unknown) => {
+        this.loading = undefined;
+        throw err;
+      },
+    );
+    return this.loading;
+  }
+
+  /** The refcounts if something has loaded them (only then can they hold unwritten changes). */
+  get current(): Refcounts | undefined {
+    return this.loaded;
+  }
+}
+
 export function readEntry(block: Uint8Array, i: number, bits: number): number {
   switch (bits) {
     case 8: return block[i]!;

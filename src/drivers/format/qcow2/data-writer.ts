@@ -1,0 +1,162 @@
+import type { BlockNode } from '../../../core/block-node.js';
+import type { BlockError } from '../../../core/errors.js';
+import { OFLAG_COPIED } from './constants.js';
+import type { Qcow2Geometry } from './geometry.js';
+import type { L2Editor } from './l2-editor.js';
+import { decode, Sub } from './l2-entry.js';
+import type { Qcow2Mapping } from './mapping.js';
+import type { MetadataLock } from './metadata-lock.js';
+import type { MetadataWriteback } from './metadata-writeback.js';
+import type { OverlapGuard } from './overlap-guard.js';
+import type { RefcountLoader } from './refcounts.js';
+
+/**
+ * Guest data writes: in place where the cluster is ours alone, else into newly allocated
+ * clusters (copy-on-write), with the L2 entries pointing at them changed afterwards.
+ */
+export class DataWriter {
+  constructor(private readonly parts: {
+    g: Qcow2Geometry;
+    file: BlockNode;
+    dataFile: BlockNode;
+    mapping: Qcow2Mapping;
+    editor: L2Editor;
+    lock: MetadataLock;
+    writeback: MetadataWriteback;
+    guard: OverlapGuard;
+    refcounts: RefcountLoader;
+    /** The guest's current bytes (the node's read path), for copy-on-write. */
+    readGuest: (offset: number, into: Uint8Array) => Promise<void>;
+    /** The virtual disk's size now (resize changes it). */
+    size: () => number;
+    corruption: (what: string) => BlockError;
+  }) {}
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const { mapping, lock, writeback, g } = this.parts;
+    // Overwrites of clusters that are ours alone change no metadata: they run concurrently,
+    // outside the lock, as QEMU's do. The first cluster that needs allocation takes the lock.
+    let start = 0;
+    while (start < data.byteLength) {
+      const run = await mapping.mapRun(offset + start, data.byteLength - start);
+      if (run.sub !== Sub.Normal || !run.copied) break;
+      await this.inPlace(run.host, data.subarray(start, start + run.length));
+      start += run.length;
+    }
+    if (start === data.byteLength) return;
+    await lock.run(async () => {
+      const cs = g.clusterSize;
+      for (let done = start; done < data.byteLength;) {
+        const pos = offset + done;
+        const run = await mapping.mapRun(pos, data.byteLength - done);
+        if (run.sub === Sub.Normal && run.copied) {
+          await this.inPlace(run.host, data.subarray(done, done + run.length));
+          done += run.length;
+          continue;
+        }
+        const whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
+        if (pos % cs === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
+          done += await this.writeNewClusters(pos, data.subarray(done, done + whole * cs));
+          continue;
+        }
+        const n = Math.min(data.byteLength - done, cs - (pos % cs));
+        await this.writeCluster(pos, data.subarray(done, done + n));
+        done += n;
+      }
+      await writeback.relieveCachePressure();
+    });
+  }
+
+  private async inPlace(host: number, data: Uint8Array): Promise<void> {
+    this.checkHostInFile(host, data.byteLength);
+    const { guard, dataFile, writeback } = this.parts;
+    await writeback.inPlace((async () => {
+      await guard.check(host, data.byteLength);
+      await dataFile.write(host, data);
+      writeback.dataChanged();
+    })());
+  }
+
+  /**
+   * Writes into one cluster that is not ours to overwrite: unallocated, zero, compressed or
+   * shared. The new host cluster gets the guest data merged with what the cluster read before
+   * (copy-on-write), in one write; then the L2 entry points at it; the old one is freed at flush.
+   */
+  private async writeCluster(pos: number, data: Uint8Array): Promise<void> {
+    const { g, editor, guard, dataFile, writeback } = this.parts;
+    const cs = g.clusterSize;
+    const guestBase = pos - (pos % cs);
+    const inCluster = pos - guestBase;
+    const { table, entry, view } = await editor.entryForWrite(guestBase);
+    const old = decode(view, entry, 0);
+    const extended = g.extendedL2;
+    // With extended L2 only the touched subclusters are written, into the cluster's own slot.
+    const partialCluster = extended && (old.sub === Sub.Normal || old.sub === Sub.ZeroAlloc || old.sub === Sub.UnallocatedAlloc || old.sub === Sub.UnallocatedPlain || old.sub === Sub.ZeroPlain) && (old.copied || old.hostCluster === 0);
+    const ss = g.subclusterSize;
+    const from = partialCluster ? Math.floor(inCluster / ss) * ss : 0;
+    const to = partialCluster ? Math.min(Math.ceil((inCluster + data.byteLength) / ss) * ss, cs) : cs;
+    const buf = new Uint8Array(to - from);
+    const valid = Math.max(0, Math.min(to, this.parts.size() - guestBase) - from);
+    if (inCluster > from || inCluster + data.byteLength < from + valid) await this.parts.readGuest(guestBase + from, buf.subarray(0, valid));
+    buf.set(data, inCluster - from);
+
+    const hosted = old.hostCluster !== 0 || (g.hasDataFile && old.copied);
+    const reuse = hosted && old.copied && old.sub !== Sub.Compressed && (extended || old.sub === Sub.ZeroAlloc);
+    let host: number;
+    if (reuse) this.checkHostInFile(old.hostCluster, cs);
+    if (reuse) host = old.hostCluster;
+    else if (g.hasDataFile) host = guestBase;
+    else host = await (await this.parts.refcounts.get()).allocate(1);
+    await guard.check(host + from, buf.byteLength);
+    await dataFile.write(host + from, buf);
+    writeback.dataChanged();
+    if (!reuse) editor.freeOld(old, view, entry);
+
+    const dv = view.dv;
+    dv.setBigUint64(entry * g.entryBytes, BigInt(host) | OFLAG_COPIED);
+    if (extended) {
+      const first = from / ss;
+      const last = to / ss;
+      let bitmap = partialCluster ? dv.getBigUint64(entry * 16 + 8) : 0n;
+      for (let i = first; i < last; i++) bitmap = (bitmap | (1n << BigInt(i))) & ~(1n << BigInt(i + 32));
+      if (!partialCluster) bitmap = 0xffffffffn;
+      dv.setBigUint64(entry * 16 + 8, bitmap);
+    }
+    editor.commit(guestBase, table);
+  }
+
+  /**
+   * Whole clusters that hold nothing yet (unallocated or plain zero): nothing to copy, so they get
+   * one contiguous allocation and one data write, as a sequential writer wants.
+   */
+  private async writeNewClusters(pos: number, data: Uint8Array): Promise<number> {
+    const { g, editor, guard, dataFile, writeback } = this.parts;
+    const cs = g.clusterSize;
+    const count = data.byteLength / cs;
+    const host = g.hasDataFile ? pos : await (await this.parts.refcounts.get()).allocate(count);
+    await guard.check(host, data.byteLength);
+    await dataFile.write(host, data);
+    writeback.dataChanged();
+    for (let i = 0; i < count; i++) {
+      const { table, entry, view } = await editor.entryForWrite(pos + i * cs);
+      view.dv.setBigUint64(entry * g.entryBytes, BigInt(host + i * cs) | OFLAG_COPIED);
+      if (g.extendedL2) view.dv.setBigUint64(entry * 16 + 8, 0xffffffffn);
+      editor.commit(pos + i * cs, table);
+    }
+    return data.byteLength;
+  }
+
+  /**
+   * A cluster the image owns lies inside its file (the file grows as clusters are written). An
+   * entry pointing past the end is corrupt, and following it would grow the file to wherever
+   * it points.
+   */
+  private checkHostInFile(host: number, length: number): void {
+    const { g, file } = this.parts;
+    if (g.hasDataFile) return;
+    const fileEnd = Math.ceil(file.size / g.clusterSize) * g.clusterSize;
+    if (host + length > fileEnd) {
+      throw this.parts.corruption(`a cluster at host offset 0x${host.toString(16)} lies past the end of the file (0x${fileEnd.toString(16)})`);
+    }
+  }
+}

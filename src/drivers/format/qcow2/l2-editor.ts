@@ -1,0 +1,52 @@
+import { entryView, type Qcow2Geometry } from './geometry.js';
+import { compressedRange, Sub, type Decoded, type EntryView } from './l2-entry.js';
+import type { RefcountLoader } from './refcounts.js';
+import type { Qcow2Tables } from './tables.js';
+
+/** One L2 entry made writable: its table, its index there, and a view to read and change it. */
+export interface WritableEntry {
+  table: Uint8Array;
+  entry: number;
+  view: EntryView;
+}
+
+/**
+ * Changes L2 entries for writers (data, zeroes, discard, shrink): finds an entry's table and makes
+ * it ours (allocating it, or copying one shared with a snapshot), drops the references an entry
+ * gave up, and marks the table for writeback.
+ */
+export class L2Editor {
+  constructor(
+    private readonly g: Qcow2Geometry,
+    private readonly tables: Qcow2Tables,
+    private readonly refcounts: RefcountLoader,
+  ) {}
+
+  /** The L2 entry of the guest cluster at `guest`, with its table made writable. */
+  async entryForWrite(guest: number): Promise<WritableEntry> {
+    const clusterIndex = Math.floor(guest / this.g.clusterSize);
+    const { table } = await this.tables.forWrite(Math.floor(clusterIndex / this.g.l2Entries), await this.refcounts.get());
+    return { table, entry: clusterIndex % this.g.l2Entries, view: entryView(this.g, table) };
+  }
+
+  /** Drops this image's reference to the host cluster(s) an entry held (at the next flush). */
+  freeOld(old: Decoded, view: EntryView, entry: number): void {
+    if (this.g.hasDataFile) return;
+    const cs = this.g.clusterSize;
+    // entryForWrite loaded the refcounts before any entry could be changed.
+    const refcounts = this.refcounts.current!;
+    if (old.sub === Sub.Compressed) {
+      const r = compressedRange(view, entry);
+      const first = Math.floor(r.sectorsStart / cs);
+      const last = Math.floor((r.sectorsStart + r.sectorsLength - 1) / cs);
+      refcounts.free(first * cs, last - first + 1);
+    } else if (old.hostCluster !== 0) {
+      refcounts.free(old.hostCluster, 1);
+    }
+  }
+
+  /** Marks the table of the guest cluster at `guest`, changed through entryForWrite, for writeback. */
+  commit(guest: number, table: Uint8Array): void {
+    this.tables.markDirty(this.tables.l1[Math.floor(guest / this.g.clusterSize / this.g.l2Entries)]!, table);
+  }
+}

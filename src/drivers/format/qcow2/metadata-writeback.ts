@@ -1,0 +1,69 @@
+import type { BlockNode } from '../../../core/block-node.js';
+import type { RefcountLoader } from './refcounts.js';
+import type { Qcow2Tables } from './tables.js';
+
+/**
+ * Puts changed metadata on disk in the order that keeps every crash harmless (QEMU's cache
+ * dependencies): guest data, then refcount increments, then L2 tables, then L1; only then the
+ * frees, whose clusters can be reused and punched once nothing on disk points at them.
+ * Callers hold the metadata lock.
+ */
+export class MetadataWriteback {
+  /** Guest data written since the last flush (it must be stable before tables point at it). */
+  private dataWritten = false;
+  /** In-place data writes in flight: a flush lets them land before freed clusters can be reused. */
+  private readonly inPlaceWrites = new Set<Promise<void>>();
+
+  constructor(private readonly parts: {
+    file: BlockNode;
+    dataFile: BlockNode;
+    tables: Qcow2Tables;
+    refcounts: RefcountLoader;
+    clusterSize: number;
+    /** Dirty L2 tables are pinned in memory; past this many bytes they go to disk. */
+    l2CacheBytes: number;
+  }) {}
+
+  /** Guest data went to the data file: flush it before any table that points at it. */
+  dataChanged(): void {
+    this.dataWritten = true;
+  }
+
+  /** Runs an in-place data write that holds no lock, so a flush can wait for it. */
+  async inPlace(write: Promise<void>): Promise<void> {
+    this.inPlaceWrites.add(write);
+    try {
+      await write;
+    } finally {
+      this.inPlaceWrites.delete(write);
+    }
+  }
+
+  async flush(): Promise<void> {
+    const { file, dataFile, tables, clusterSize } = this.parts;
+    if (this.dataWritten) {
+      await dataFile.flush();
+      this.dataWritten = false;
+    }
+    const refcounts = this.parts.refcounts.current;
+    if (refcounts && (await refcounts.writeBack())) await file.flush();
+    if (await tables.writeL2s()) await file.flush();
+    if (await tables.writeL1()) await file.flush();
+    if (refcounts?.hasPendingFrees) {
+      // An in-place write that mapped a cluster before it was freed must land before the cluster
+      // can be handed out again.
+      await Promise.allSettled([...this.inPlaceWrites]);
+      const freed = await refcounts.applyFrees();
+      await file.flush();
+      for (const index of freed) {
+        if ((index + 1) * clusterSize <= file.size) await file.discard(index * clusterSize, clusterSize);
+      }
+    }
+    await file.flush();
+  }
+
+  /** Flushes when the dirty tables outgrow the cache's size. */
+  async relieveCachePressure(): Promise<void> {
+    if (this.parts.tables.dirtyBytes > this.parts.l2CacheBytes) await this.flush();
+  }
+}

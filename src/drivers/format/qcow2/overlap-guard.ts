@@ -1,0 +1,77 @@
+import type { BlockNode } from '../../../core/block-node.js';
+import type { BlockError } from '../../../core/errors.js';
+import { INCOMPAT } from './constants.js';
+import type { Qcow2Header } from './header.js';
+import { writeFeatureField } from './header-update.js';
+import type { Refcounts } from './refcounts.js';
+import type { Qcow2Snapshot } from './snapshots.js';
+import type { Qcow2Tables } from './tables.js';
+
+/**
+ * QEMU's overlap check for data writes (qcow2_check_metadata_overlap): a corrupt L2 entry may
+ * point at metadata (the header, L1, L2 or refcount tables, snapshot tables), and writing guest
+ * data there would destroy it. Such a write is refused and the image marked corrupt, as QEMU does.
+ */
+export class OverlapGuard {
+  /** Host clusters holding metadata, rebuilt when a table moves or appears. */
+  private metadata: { clusters: Set<number>; tables: number; refcounts: number } | undefined;
+
+  constructor(private readonly parts: {
+    file: BlockNode;
+    header: Qcow2Header;
+    clusterSize: number;
+    /** Guest data goes to an external data file, where no metadata lives. */
+    hasDataFile: boolean;
+    tables: Qcow2Tables;
+    refcounts: () => Promise<Refcounts>;
+    snapshots: readonly Qcow2Snapshot[];
+    snapshotTableLength: number;
+    corruption: (what: string) => BlockError;
+  }) {}
+
+  /** Forget the metadata map (the header moved a table without bumping a version). */
+  invalidate(): void {
+    this.metadata = undefined;
+  }
+
+  /** Throws E_CORRUPT, after marking the image corrupt, when [host, host + length) touches metadata. */
+  async check(host: number, length: number): Promise<void> {
+    const p = this.parts;
+    if (p.hasDataFile || length === 0) return;
+    const refcounts = await p.refcounts();
+    const cs = p.clusterSize;
+    if (!this.metadata || this.metadata.tables !== p.tables.version || this.metadata.refcounts !== refcounts.version) {
+      this.metadata = { clusters: this.metadataClusters(refcounts), tables: p.tables.version, refcounts: refcounts.version };
+    }
+    for (let c = Math.floor(host / cs); c <= Math.floor((host + length - 1) / cs); c++) {
+      if (this.metadata.clusters.has(c)) {
+        await markCorrupt(p.file, p.header);
+        throw p.corruption(`preventing an invalid write on metadata at host offset 0x${(c * cs).toString(16)}; the image is now marked corrupt`);
+      }
+    }
+  }
+
+  private metadataClusters(refcounts: Refcounts): Set<number> {
+    const { tables, header, clusterSize: cs } = this.parts;
+    const clusters = new Set<number>();
+    const add = (offset: number, bytes: number) => {
+      for (let c = Math.floor(offset / cs); c <= Math.floor((offset + Math.max(bytes, 1) - 1) / cs); c++) clusters.add(c);
+    };
+    add(0, cs);
+    add(tables.l1Offset, tables.l1.length * 8);
+    for (const l2 of tables.l1) if (l2) add(l2, cs);
+    const reftable = refcounts.tableRange;
+    add(reftable.offset, reftable.clusters * cs);
+    for (const block of refcounts.table) if (block) add(block, cs);
+    if (header.nbSnapshots > 0) add(header.snapshotsOffset, this.parts.snapshotTableLength);
+    for (const s of this.parts.snapshots) add(s.l1TableOffset, s.l1Size * 8);
+    return clusters;
+  }
+}
+
+/** Sets the corrupt bit, so neither vdisk nor QEMU writes this image again before a repair. */
+export async function markCorrupt(file: BlockNode, h: Qcow2Header): Promise<void> {
+  if (h.version < 3 || h.incompatibleFeatures & INCOMPAT.CORRUPT) return;
+  h.incompatibleFeatures |= INCOMPAT.CORRUPT;
+  await writeFeatureField(file, 'incompatible', h.incompatibleFeatures);
+}
