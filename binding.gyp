@@ -10,7 +10,8 @@
         "native/blockdev.cc",
         "native/zero.cc",
         "native/aligned.cc",
-        "native/datamap.cc"
+        "native/datamap.cc",
+        "native/batchio.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

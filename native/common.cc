@@ -98,6 +98,8 @@ void ThrowType(Napi::Env env, const char* name, const char* expected) {
   ThrowWithCode(Napi::TypeError::New(env, msg), "ERR_INVALID_ARG_TYPE");
 }
 
+}  // namespace
+
 void ThrowRange(Napi::Env env, const char* name, const char* expected,
                 double got) {
   char shown[64];
@@ -107,6 +109,8 @@ void ThrowRange(Napi::Env env, const char* name, const char* expected,
                     ". Received " + shown;
   ThrowWithCode(Napi::RangeError::New(env, msg), "ERR_OUT_OF_RANGE");
 }
+
+namespace {
 
 // Reads argument i as a number that is an integer within [lo, hi]. JS numbers
 // are doubles, so a plain Int64Value() would silently truncate 1.5 or map NaN

@@ -24,6 +24,11 @@ void ThrowErrno(Napi::Env env, const char* syscall, int err);
 // like a file system that lacks the feature.
 void ThrowNotSupported(Napi::Env env, const char* syscall);
 
+// Throws a RangeError ("The value of \"name\" is out of range. It must be
+// <expected>. Received <got>"), code ERR_OUT_OF_RANGE.
+void ThrowRange(Napi::Env env, const char* name, const char* expected,
+                double got);
+
 // Throws a TypeError carrying a Node-style .code (ERR_INVALID_ARG_VALUE ...).
 void ThrowTypeError(Napi::Env env, const char* code, const std::string& msg);
 

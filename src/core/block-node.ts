@@ -21,6 +21,8 @@ export interface NodeOptions {
 
 /** Largest zero buffer the write-zeroes fallback writes at once. */
 const ZERO_FALLBACK_CHUNK = 1024 * 1024;
+/** The options of a request that passes none: one shared object instead of one per call. */
+const NO_OPTIONS: WriteOptions = Object.freeze({});
 
 let nodeCounter = 0;
 
@@ -147,26 +149,36 @@ export abstract class BlockNode implements BlockDevice {
 
   // ---- public API -------------------------------------------------------------------------
 
-  async read(offset: number, into: Uint8Array, opts: IoOptions = {}): Promise<void> {
+  async read(offset: number, into: Uint8Array, opts: IoOptions = NO_OPTIONS): Promise<void> {
     if (this.resizing) await this.resizing;
     const length = into.byteLength;
     this.checkIo('read', offset, length, opts);
     if (length === 0) return;
-    await this.run(async () => {
-      const { start, end, aligned } = this.alignRange(offset, length);
-      const req = await this.tracker.begin(start, end, false);
+    // Every request of every layer passes here: one async frame, no closures, and no promise
+    // for the request tracker unless the request must wait.
+    const { start, end, aligned } = this.alignRange(offset, length);
+    this.inFlight++;
+    try {
+      const req = this.tracker.tryBegin(start, end, false) ?? await this.tracker.begin(start, end, false);
       try {
-        if (aligned) return await this.readChunks(offset, into, opts);
-        const bounce = new Uint8Array(end - start);
-        await this.readChunks(start, bounce, opts);
-        into.set(bounce.subarray(offset - start, offset - start + length));
+        if (!aligned) {
+          const bounce = new Uint8Array(end - start);
+          await this.readChunks(start, bounce, opts);
+          into.set(bounce.subarray(offset - start, offset - start + length));
+        } else if (length <= this.limits.maxTransfer) {
+          await this._read(offset, into, opts);
+        } else {
+          await this.readChunks(offset, into, opts);
+        }
       } finally {
         req.release();
       }
-    });
+    } finally {
+      this.leave();
+    }
   }
 
-  async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+  async write(offset: number, data: Uint8Array, opts: WriteOptions = NO_OPTIONS): Promise<void> {
     if (this.resizing) await this.resizing;
     const length = data.byteLength;
     this.checkWritable('write', offset, length, opts);
@@ -174,18 +186,22 @@ export abstract class BlockNode implements BlockDevice {
     if (this.detectZeroes !== 'off' && isAllZero(data)) {
       return this.writeZeroes(offset, length, { ...opts, mayUnmap: this.detectZeroes === 'unmap' });
     }
-    await this.run(async () => {
-      const { start, end, aligned } = this.alignRange(offset, length);
-      const req = await this.tracker.begin(start, end, !aligned);
+    const { start, end, aligned } = this.alignRange(offset, length);
+    this.inFlight++;
+    try {
+      const req = this.tracker.tryBegin(start, end, !aligned) ?? await this.tracker.begin(start, end, !aligned);
       try {
-        if (aligned) await this.writeChunks(offset, data, opts);
-        else await this.readModifyWrite(offset, data, start, end, opts);
+        if (!aligned) await this.readModifyWrite(offset, data, start, end, opts);
+        else if (length <= this.limits.maxTransfer) await this._write!(offset, data, this.hookWriteOptions(opts));
+        else await this.writeChunks(offset, data, opts);
         this.grownTo(offset + length);
       } finally {
         req.release();
       }
       if (opts.fua && !this.nativeFua && this._flush) await this._flush(opts);
-    });
+    } finally {
+      this.leave();
+    }
   }
 
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
@@ -368,8 +384,13 @@ export abstract class BlockNode implements BlockDevice {
     try {
       return await fn();
     } finally {
-      if (--this.inFlight === 0) for (const wake of this.idle.splice(0)) wake();
+      this.leave();
     }
+  }
+
+  /** A request counted in `inFlight` has finished; wakes drain() when it was the last. */
+  private leave(): void {
+    if (--this.inFlight === 0 && this.idle.length > 0) for (const wake of this.idle.splice(0)) wake();
   }
 
   private checkOpen(op: string, opts: IoOptions): void {

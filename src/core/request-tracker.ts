@@ -63,6 +63,22 @@ export class RequestTracker {
     return entry;
   }
 
+  /**
+   * Registers [start, end) at once when nothing conflicts with it, sparing the common case a
+   * promise; undefined (and nothing registered) when the caller must wait in `begin`.
+   */
+  tryBegin(start: number, end: number, serialising: boolean): Ticket | undefined {
+    if (serialising || this.serialisingCount > 0) {
+      for (const other of this.active) {
+        if (other.start < end && start < other.end && (serialising || other.serialising)) return undefined;
+      }
+    }
+    const entry = new Entry(this, start, end, serialising);
+    this.active.add(entry);
+    if (serialising) this.serialisingCount++;
+    return entry;
+  }
+
   /** @internal Called by a ticket's release(); false when it was released already. */
   remove(entry: Entry): boolean {
     if (!this.active.delete(entry)) return false;

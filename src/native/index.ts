@@ -63,6 +63,14 @@ export interface NativeAddon {
    * only when maxRuns runs were found.
    */
   mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
+  /**
+   * Runs `count` positional reads/writes (`writes[i]` non-zero: pwrite) in order as one
+   * thread-pool job: each moves all of `buffers[i]` at `offsets[i]` on `fds[i]` (a read stops
+   * short only at end of file). Stores bytes moved, or -errno, in `results[i]`, then calls
+   * `callback`. The arrays must not be touched until then.
+   */
+  ioBatch(fds: Int32Array, offsets: Float64Array, writes: Uint8Array, buffers: Uint8Array[], results: Float64Array,
+    count: number, callback: () => void): void;
 }
 
 /** fallocate(2) mode flags (Linux values; the addon's build asserts they match). */
@@ -102,6 +110,7 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'isZero',
   'alignedBuffer',
   'mapData',
+  'ioBatch',
 ];
 
 function disabledByEnv(): boolean {

@@ -267,6 +267,34 @@ describe('native addon', { skip: skipReason }, () => {
     });
   });
 
+  describe('ioBatch', () => {
+    it('refuses a count longer than its arrays, and buffers that are not byte views', () => {
+      const one = { fds: new Int32Array(1), offsets: new Float64Array(1), writes: new Uint8Array(1), results: new Float64Array(1) };
+      assert.throws(() => addon().ioBatch(one.fds, one.offsets, one.writes, [new Uint8Array(1)], one.results, 2, () => {}),
+        (e: NodeJS.ErrnoException) => e instanceof RangeError && e.code === 'ERR_OUT_OF_RANGE');
+      assert.throws(() => addon().ioBatch(one.fds, one.offsets, one.writes, [{} as Uint8Array], one.results, 1, () => {}),
+        (e: NodeJS.ErrnoException) => e instanceof TypeError && e.code === 'ERR_INVALID_ARG_TYPE');
+      assert.throws(() => addon().ioBatch(one.fds, new Float64Array([-1]), one.writes, [new Uint8Array(1)], one.results, 1, () => {}),
+        (e: NodeJS.ErrnoException) => e instanceof RangeError);
+    });
+
+    it('stores bytes moved or -errno per request', async () => {
+      const p = tmp('batch.img');
+      fs.writeFileSync(p, Buffer.alloc(3000, 7));
+      const fd = fs.openSync(p, 'r');
+      try {
+        const results = new Float64Array(3);
+        const bufs = [new Uint8Array(4096), new Uint8Array(10), new Uint8Array(10)];
+        await new Promise<void>((resolve) => addon().ioBatch(new Int32Array([fd, fd, BAD_FD]), new Float64Array([0, 2995, 0]),
+          new Uint8Array([0, 0, 0]), bufs, results, 3, resolve));
+        assert.deepEqual([...results], [3000, 5, -os.constants.errno.EBADF]);
+        assert.equal(bufs[0]![2999], 7);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  });
+
   describe('fdatasync / fadvise', () => {
     it('fdatasync resolves, also when many run at once', async () => {
       const p = tmp('sync.img');
