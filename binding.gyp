@@ -11,7 +11,7 @@
         "native/zero.cc",
         "native/aligned.cc",
         "native/datamap.cc",
-        "native/batchio.cc"
+        "native/ioqueue.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

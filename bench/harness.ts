@@ -19,7 +19,7 @@ export interface Benchmark {
    * {} for a figure reported for scale only.
    */
   goal: { max?: number; min?: number };
-  unit: 's' | 'GiB/s' | 'MiB';
+  unit: 's' | 'GiB/s' | 'MiB' | 'ops/s';
   /** false: no untimed warm-up run (a measurement the page cache and JIT do not change). */
   warmup?: boolean;
   /** Tools the benchmark needs installed (run.ts skips it otherwise). */
@@ -91,6 +91,19 @@ export async function timeCommand(cmd: string, args: string[]): Promise<number> 
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`))));
   });
   return (performance.now() - start) / 1000;
+}
+
+/** A command's standard output (it must exit 0; fails loudly otherwise). */
+export async function commandOutput(cmd: string, args: string[]): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+  });
 }
 
 /** Peak resident memory of a command in MiB (GNU time's %M), its output discarded; fails loudly. */

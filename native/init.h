@@ -13,7 +13,7 @@ void InitBlockDev(Napi::Env env, Napi::Object exports); // blockdev.cc
 void InitZero(Napi::Env env, Napi::Object exports);     // zero.cc
 void InitAligned(Napi::Env env, Napi::Object exports);  // aligned.cc
 void InitDataMap(Napi::Env env, Napi::Object exports);  // datamap.cc
-void InitBatchIo(Napi::Env env, Napi::Object exports);  // batchio.cc
+void InitIoQueue(Napi::Env env, Napi::Object exports);  // ioqueue.cc
 
 }  // namespace vdisk
 

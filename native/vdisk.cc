@@ -13,7 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vdisk::InitZero(env, exports);
   vdisk::InitAligned(env, exports);
   vdisk::InitDataMap(env, exports);
-  vdisk::InitBatchIo(env, exports);
+  vdisk::InitIoQueue(env, exports);
   return exports;
 }
 

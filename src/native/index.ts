@@ -24,6 +24,12 @@ export interface OfdLockHolder {
   pid: number;
 }
 
+export interface IoQueueHandle {
+  submit(id: number, fd: number, buffer: Uint8Array, offset: number, write: boolean): void;
+  /** Stops the threads once their current requests finish; later submits throw. */
+  close(): void;
+}
+
 export interface NativeAddon {
   /** lseek(SEEK_DATA): first data byte at or after offset; -1 on ENXIO (no data at/after offset). */
   seekData(fd: number, offset: number): number;
@@ -64,13 +70,13 @@ export interface NativeAddon {
    */
   mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
   /**
-   * Runs `count` positional reads/writes (`writes[i]` non-zero: pwrite) in order as one
-   * thread-pool job: each moves all of `buffers[i]` at `offsets[i]` on `fds[i]` (a read stops
-   * short only at end of file). Stores bytes moved, or -errno, in `results[i]`, then calls
-   * `callback`. The arrays must not be touched until then.
+   * A queue of positional reads and writes served by `threads` threads of its own. `submit`
+   * moves all of `buffer` at `offset` on `fd` (a read stops short only at end of file); the
+   * caller keeps the buffer referenced and untouched until `onComplete` reports the request's
+   * id with its result: bytes moved, or -errno. Completions arrive in batches, one call per
+   * event-loop wake-up. Only requests in flight keep the process alive.
    */
-  ioBatch(fds: Int32Array, offsets: Float64Array, writes: Uint8Array, buffers: Uint8Array[], results: Float64Array,
-    count: number, callback: () => void): void;
+  IoQueue: new (threads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
 /** fallocate(2) mode flags (Linux values; the addon's build asserts they match). */
@@ -110,7 +116,7 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'isZero',
   'alignedBuffer',
   'mapData',
-  'ioBatch',
+  'IoQueue',
 ];
 
 function disabledByEnv(): boolean {

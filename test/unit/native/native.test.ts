@@ -267,29 +267,42 @@ describe('native addon', { skip: skipReason }, () => {
     });
   });
 
-  describe('ioBatch', () => {
-    it('refuses a count longer than its arrays, and buffers that are not byte views', () => {
-      const one = { fds: new Int32Array(1), offsets: new Float64Array(1), writes: new Uint8Array(1), results: new Float64Array(1) };
-      assert.throws(() => addon().ioBatch(one.fds, one.offsets, one.writes, [new Uint8Array(1)], one.results, 2, () => {}),
-        (e: NodeJS.ErrnoException) => e instanceof RangeError && e.code === 'ERR_OUT_OF_RANGE');
-      assert.throws(() => addon().ioBatch(one.fds, one.offsets, one.writes, [{} as Uint8Array], one.results, 1, () => {}),
-        (e: NodeJS.ErrnoException) => e instanceof TypeError && e.code === 'ERR_INVALID_ARG_TYPE');
-      assert.throws(() => addon().ioBatch(one.fds, new Float64Array([-1]), one.writes, [new Uint8Array(1)], one.results, 1, () => {}),
-        (e: NodeJS.ErrnoException) => e instanceof RangeError);
+  describe('IoQueue', () => {
+    it('refuses bad arguments with Node-style errors', () => {
+      const n = addon();
+      assert.throws(() => new n.IoQueue(0, () => {}), (e: NodeJS.ErrnoException) => e instanceof RangeError && e.code === 'ERR_OUT_OF_RANGE');
+      assert.throws(() => new n.IoQueue(1, 5 as never), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
+      const q = new n.IoQueue(1, () => {});
+      try {
+        assert.throws(() => q.submit(0, 0, {} as Uint8Array, 0, false), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
+        assert.throws(() => q.submit(0, 0, new Uint8Array(1), -1, false), (e: NodeJS.ErrnoException) => e instanceof RangeError);
+      } finally {
+        q.close();
+      }
+      assert.throws(() => q.submit(0, 0, new Uint8Array(1), 0, false), /closed/);
     });
 
-    it('stores bytes moved or -errno per request', async () => {
-      const p = tmp('batch.img');
+    it('reports bytes moved or -errno per request id, in batches', async () => {
+      const p = tmp('queue.img');
       fs.writeFileSync(p, Buffer.alloc(3000, 7));
       const fd = fs.openSync(p, 'r');
+      const seen = new Map<number, number>();
+      let done!: () => void;
+      const all = new Promise<void>((resolve) => (done = resolve));
+      const q = new (addon().IoQueue)(2, (ids, results) => {
+        ids.forEach((id, i) => seen.set(id, results[i]!));
+        if (seen.size === 3) done();
+      });
       try {
-        const results = new Float64Array(3);
         const bufs = [new Uint8Array(4096), new Uint8Array(10), new Uint8Array(10)];
-        await new Promise<void>((resolve) => addon().ioBatch(new Int32Array([fd, fd, BAD_FD]), new Float64Array([0, 2995, 0]),
-          new Uint8Array([0, 0, 0]), bufs, results, 3, resolve));
-        assert.deepEqual([...results], [3000, 5, -os.constants.errno.EBADF]);
+        q.submit(10, fd, bufs[0]!, 0, false);
+        q.submit(11, fd, bufs[1]!, 2995, false);
+        q.submit(12, BAD_FD, bufs[2]!, 0, false);
+        await all;
+        assert.deepEqual([...seen].sort((a, b) => a[0] - b[0]), [[10, 3000], [11, 5], [12, -os.constants.errno.EBADF]]);
         assert.equal(bufs[0]![2999], 7);
       } finally {
+        q.close();
         fs.closeSync(fd);
       }
     });

@@ -1,18 +1,18 @@
 import { read, write } from 'node:fs';
-import { batchedIo, batchedRead, batchedWrite } from './io-batch.js';
+import { queuedIo, queuedRead, queuedWrite } from './io-queue.js';
 
 /*
- * Positional reads and writes on a descriptor. With the native addon they go down in batches
- * (io-batch.ts); without it, through fs's callback API: FileHandle's promise API costs about two
+ * Positional reads and writes on a descriptor. With the native addon they go through its I/O
+ * queue (io-queue.ts); without it, through fs's callback API: FileHandle's promise API costs about two
  * and a half times as much per 4 KiB request (measured). Short transfers continue until done (or
  * EOF for reads).
  */
 
 /** Reads into `buf` from `position` until it is full or the file ends; returns the bytes read. */
-export const preadFull: (fd: number, buf: Uint8Array, position: number) => Promise<number> = batchedIo ? batchedRead : fsReadFull;
+export const preadFull: (fd: number, buf: Uint8Array, position: number) => Promise<number> = queuedIo ? queuedRead : fsReadFull;
 
 /** Writes all of `buf` at `position`. */
-export const pwriteFull: (fd: number, buf: Uint8Array, position: number) => Promise<void> = batchedIo ? batchedWrite : fsWriteFull;
+export const pwriteFull: (fd: number, buf: Uint8Array, position: number) => Promise<void> = queuedIo ? queuedWrite : fsWriteFull;
 
 function fsReadFull(fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {

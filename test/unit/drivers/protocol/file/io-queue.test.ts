@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { batchedRead, batchedWrite } from '../../../../../src/drivers/protocol/file/io-batch.js';
+import { queuedRead, queuedWrite } from '../../../../../src/drivers/protocol/file/io-queue.js';
 import { fromSystemError } from '../../../../../src/core/errors.js';
 import { pattern } from '../../../../helpers/bytes.js';
 import { needNative } from '../../../../helpers/native.js';
 import { makeTmpDir } from '../../../../helpers/tmp.js';
 
-test('requests of one turn, over several files and many jobs, each move their own bytes', async (t) => {
+test('requests of one turn, over several files, each move their own bytes', async (t) => {
   if (!needNative(t)) return;
   const tmp = await makeTmpDir();
   t.after(() => tmp.cleanup());
@@ -19,11 +19,11 @@ test('requests of one turn, over several files and many jobs, each move their ow
   });
   const fds = files.map((f) => openSync(f, 'r+'));
   t.after(() => fds.forEach((fd) => closeSync(fd)));
-  // 3 files × 40 reads of 4 KiB, all issued before any completes: several thread-pool jobs.
+  // 3 files × 40 reads of 4 KiB, all issued before any completes: more than there are threads.
   const reads = fds.flatMap((fd, f) => Array.from({ length: 40 }, (_, i) => {
     const at = ((i * 7919) % 64) * 4096;
     const buf = new Uint8Array(4096);
-    return batchedRead(fd, buf, at).then((n) => ({ n, buf, f, at }));
+    return queuedRead(fd, buf, at).then((n) => ({ n, buf, f, at }));
   }));
   for (const { n, buf, f, at } of await Promise.all(reads)) {
     assert.equal(n, 4096);
@@ -31,7 +31,7 @@ test('requests of one turn, over several files and many jobs, each move their ow
   }
   // Writes and reads of different ranges in one turn.
   const fresh = pattern(8192, 99);
-  await Promise.all([batchedWrite(fds[0]!, fresh, 12288), batchedRead(fds[1]!, new Uint8Array(512), 0)]);
+  await Promise.all([queuedWrite(fds[0]!, fresh, 12288), queuedRead(fds[1]!, new Uint8Array(512), 0)]);
   assert.deepEqual(new Uint8Array(readFileSync(files[0]!)).subarray(12288, 12288 + 8192), fresh);
 });
 
@@ -43,20 +43,20 @@ test('a read across end of file stops there and says how much it read', async (t
   const fd = openSync(tmp.path('short'), 'r');
   t.after(() => closeSync(fd));
   const buf = new Uint8Array(8192);
-  assert.equal(await batchedRead(fd, buf, 4096), 904);
+  assert.equal(await queuedRead(fd, buf, 4096), 904);
   assert.deepEqual(buf.subarray(0, 904), pattern(5000, 3).subarray(4096));
-  assert.equal(await batchedRead(fd, new Uint8Array(16), 1 << 20), 0);
+  assert.equal(await queuedRead(fd, new Uint8Array(16), 1 << 20), 0);
 });
 
-test('a failing request rejects with an errno-shaped error; the others in its job still succeed', async (t) => {
+test('a failing request rejects with an errno-shaped error; the others still succeed', async (t) => {
   if (!needNative(t)) return;
   const tmp = await makeTmpDir();
   t.after(() => tmp.cleanup());
   writeFileSync(tmp.path('ro'), pattern(4096, 5));
   const fd = openSync(tmp.path('ro'), 'r');
   t.after(() => closeSync(fd));
-  const ok = batchedRead(fd, new Uint8Array(4096), 0);
-  const bad = batchedWrite(fd, new Uint8Array(4096), 0);
+  const ok = queuedRead(fd, new Uint8Array(4096), 0);
+  const bad = queuedWrite(fd, new Uint8Array(4096), 0);
   assert.equal(await ok, 4096);
   await assert.rejects(bad, (err: NodeJS.ErrnoException) => {
     assert.equal(err.code, 'EBADF');
