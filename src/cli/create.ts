@@ -1,3 +1,4 @@
+import type { CreateOption } from '../registry/driver.js';
 import { open, registry } from '../registry/index.js';
 import { combinePath } from '../registry/registry.js';
 import { lastValue, parseArgs, hasFlag } from './args.js';
@@ -42,7 +43,7 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
   if (!driver || driver.kind !== 'format' || !driver.create) throw new UsageError(`${filename}: Unknown file format '${format}'`);
   const options = parseCreateOptions(p.options.get('options') ?? []);
   for (const key of Object.keys(options)) {
-    if (!driver.createOptions?.includes(key)) throw new UsageError(`${filename}: Invalid parameter '${key}'`);
+    if (!driver.createOptions?.some((o) => o.name === key)) throw new UsageError(`${filename}: Invalid parameter '${key}'`);
   }
   const backing = lastValue(p, 'backing');
   if (backing !== undefined) options.backing_file = backing;
@@ -67,13 +68,36 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
     await backingSize(filename, options.backing_file, options.backing_fmt);
   }
   if (!hasFlag(p, 'quiet')) {
-    const extras = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
-    print(io, `Formatting '${filename}', fmt=${format} size=${size}${extras}`);
+    print(io, `Formatting '${filename}', ${formattingSummary(format, driver.createOptions ?? [], { ...options, size: String(size) })}`);
   }
   // qemu-img rounds the size up to whole sectors.
   const rounded = Math.ceil(size / SECTOR) * SECTOR;
   await driver.create({ filename, size: rounded, options });
   return 0;
+}
+
+/**
+ * The options of qemu-img create's "Formatting" line: every option given or with a default, in
+ * the driver's order; sizes and numbers as parsed numbers.
+ */
+export function formattingSummary(format: string, descs: readonly CreateOption[], options: Record<string, string>): string {
+  const parts = [`fmt=${format}`];
+  for (const d of descs) {
+    const given = options[d.name];
+    const value = given ?? d.default;
+    if (value === undefined) continue;
+    parts.push(`${d.name}=${given !== undefined && (d.type === 'size' || d.type === 'number') ? asNumber(given) : value}`);
+  }
+  return parts.join(' ');
+}
+
+/** A size or number option as QEMU shows it once parsed; as given when it does not parse (the driver then refuses it). */
+function asNumber(text: string): string {
+  try {
+    return String(parseSize(text));
+  } catch {
+    return text;
+  }
 }
 
 /** The virtual size of the backing file an image will name, opened as the image will open it. */

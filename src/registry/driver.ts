@@ -50,6 +50,15 @@ export interface CreateRequest {
   options: Record<string, string>;
 }
 
+/** One `-o` option of `create` (QEMU's QemuOptDesc). */
+export interface CreateOption {
+  readonly name: string;
+  /** size and number values show as parsed numbers ("64k" as 65536), the rest as given. */
+  readonly type: 'size' | 'number' | 'bool' | 'string';
+  /** Shown when the option is not given (QEMU's def_value_str). */
+  readonly default?: string;
+}
+
 export interface DriverDef {
   readonly name: string;
   readonly aliases?: readonly string[];
@@ -64,8 +73,8 @@ export interface DriverDef {
   /** Score for how sure the driver is that `head` (the first bytes) is its format; 0 = not mine. */
   probe?(head: Uint8Array, filename: string): number;
   open(spec: NodeSpec, ctx: OpenContext): Promise<BlockNode>;
-  /** `-o` option names `create` accepts. */
-  readonly createOptions?: readonly string[];
+  /** The `-o` options `create` accepts, in the order qemu-img's "Formatting" line shows them. */
+  readonly createOptions?: readonly CreateOption[];
   /** Creates a new image; validates its options with one-line EINVAL errors. */
   create?(req: CreateRequest): Promise<void>;
 }

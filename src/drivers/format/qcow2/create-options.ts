@@ -1,5 +1,5 @@
 import { BlockError } from '../../../core/errors.js';
-import type { CreateRequest } from '../../../registry/driver.js';
+import type { CreateOption, CreateRequest } from '../../../registry/driver.js';
 import { MAX_BACKING_FILE_NAME, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS } from './constants.js';
 
 /*
@@ -8,9 +8,19 @@ import { MAX_BACKING_FILE_NAME, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS
  * same defaults, the same checks in the same order, and QEMU's own words for the errors.
  */
 
-export const QCOW2_CREATE_OPTIONS: readonly string[] = [
-  'size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'cluster_size',
-  'preallocation', 'lazy_refcounts', 'refcount_bits', 'extended_l2', 'compression_type',
+export const QCOW2_CREATE_OPTIONS: readonly CreateOption[] = [
+  { name: 'cluster_size', type: 'size', default: '65536' },
+  { name: 'extended_l2', type: 'bool', default: 'off' },
+  { name: 'preallocation', type: 'string' },
+  { name: 'compression_type', type: 'string', default: 'zlib' },
+  { name: 'size', type: 'size' },
+  { name: 'compat', type: 'string' },
+  { name: 'backing_file', type: 'string' },
+  { name: 'backing_fmt', type: 'string' },
+  { name: 'data_file', type: 'string' },
+  { name: 'data_file_raw', type: 'bool' },
+  { name: 'lazy_refcounts', type: 'bool', default: 'off' },
+  { name: 'refcount_bits', type: 'number', default: '16' },
 ];
 
 export type Qcow2Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
@@ -92,7 +102,7 @@ export function parseQcow2CreateRequest(req: CreateRequest): Qcow2CreateParams {
   const { filename } = req;
   const o = req.options;
   for (const key of Object.keys(o)) {
-    if (!QCOW2_CREATE_OPTIONS.includes(key)) throw invalid(filename, `Invalid parameter '${key}'`);
+    if (!QCOW2_CREATE_OPTIONS.some((o) => o.name === key)) throw invalid(filename, `Invalid parameter '${key}'`);
   }
   if (!Number.isSafeInteger(req.size) || req.size < 0) {
     throw invalid(filename, `Invalid image size specified. Must be between 0 and ${Number.MAX_SAFE_INTEGER}.`);

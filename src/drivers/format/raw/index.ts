@@ -12,7 +12,7 @@ export const rawDriver: DriverDef = {
   options: ['file', 'offset', 'size', 'probed'],
   // Anything is a raw image; every other format outbids this.
   probe: () => 1,
-  createOptions: ['preallocation', 'size'],
+  createOptions: [{ name: 'size', type: 'size' }, { name: 'preallocation', type: 'string' }],
   async create(req) {
     const prealloc = req.options.preallocation ?? 'off';
     if (prealloc !== 'off' && prealloc !== 'falloc' && prealloc !== 'full') {
