@@ -1,0 +1,256 @@
+/**
+ * Helpers for NBD server tests: a server on a Unix socket in a temp dir, and a raw-socket client
+ * that speaks the protocol byte by byte, so tests can also send what no real client would.
+ */
+import net from 'node:net';
+import { afterEach } from 'node:test';
+import type { BlockNode } from '../../src/core/block-node.js';
+import { NbdExport, NbdServer, type ExportOptions, type NbdServerOptions } from '../../src/nbd/server/index.js';
+import {
+  encodeOptionHeader, encodeRequest, IHAVEOPT, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO,
+  NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC, NBDMAGIC, type Request,
+} from '../../src/nbd/protocol.js';
+import { encodeGoPayload } from '../../src/nbd/client/option-codec.js';
+import { makeTmpDir, type TmpDir } from './tmp.js';
+
+export interface TestServer {
+  server: NbdServer;
+  socketPath: string;
+  /** Graceful close of the server, then its nodes, then the temp dir. */
+  close(): Promise<void>;
+}
+
+let serial = 0;
+
+/** Serves `exports` (node plus export options) on a fresh Unix socket. */
+export async function startServer(exports: { node: BlockNode; opts?: ExportOptions }[], opts: Omit<NbdServerOptions, 'exports'> = {}): Promise<TestServer> {
+  const tmp: TmpDir = await makeTmpDir('vdisk-nbd-');
+  const server = new NbdServer({ ...opts, exports: exports.map((e) => new NbdExport(e.node, e.opts)) });
+  const socketPath = tmp.path(`s${++serial}.sock`);
+  await server.listen({ path: socketPath });
+  return {
+    server,
+    socketPath,
+    async close() {
+      await server.close();
+      for (const e of exports) await e.node.close();
+      await tmp.cleanup();
+    },
+  };
+}
+
+/** A test file's server and clients, all closed after each test (call at the top level of the file). */
+export class ServerFixture {
+  private current: TestServer | undefined;
+  private readonly clients: RawClient[] = [];
+
+  constructor() {
+    afterEach(async () => {
+      for (const c of this.clients.splice(0)) c.close();
+      await this.current?.close();
+      this.current = undefined;
+    });
+  }
+
+  async start(...args: Parameters<typeof startServer>): Promise<TestServer> {
+    this.current = await startServer(...args);
+    return this.current;
+  }
+
+  get server(): NbdServer {
+    return this.current!.server;
+  }
+
+  get socketPath(): string {
+    return this.current!.socketPath;
+  }
+
+  /** A raw client on the current server, closed after the test. */
+  async client(): Promise<RawClient> {
+    const c = await RawClient.connect(this.socketPath);
+    this.clients.push(c);
+    return c;
+  }
+}
+
+export interface OptionReply {
+  option: number;
+  type: number;
+  data: Buffer;
+}
+
+export interface Chunk {
+  flags: number;
+  type: number;
+  cookie: bigint;
+  payload: Buffer;
+}
+
+/** A reply as received: simple (error, cookie) or one structured chunk. */
+export type Reply = { simple: true; error: number; cookie: bigint } | ({ simple: false } & Chunk);
+
+/** A client on a raw socket: every byte is the test's to choose. */
+export class RawClient {
+  private buffered = Buffer.alloc(0);
+  private waiting: (() => void) | undefined;
+  private ended = false;
+  readonly socket: net.Socket;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => {
+      this.buffered = Buffer.concat([this.buffered, d]);
+      this.waiting?.();
+    });
+    const end = () => {
+      this.ended = true;
+      this.waiting?.();
+    };
+    socket.on('end', end).on('close', end).on('error', end);
+  }
+
+  static connect(socketPath: string): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(socketPath, () => resolve(new RawClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  write(data: Uint8Array): void {
+    this.socket.write(data);
+  }
+
+  /** Exactly n bytes; rejects when the server closes first. */
+  async read(n: number): Promise<Buffer> {
+    while (this.buffered.length < n) {
+      if (this.ended) throw new Error(`server closed the connection (wanted ${n} bytes, had ${this.buffered.length})`);
+      await new Promise<void>((resolve) => (this.waiting = resolve));
+      this.waiting = undefined;
+    }
+    const out = this.buffered.subarray(0, n);
+    this.buffered = this.buffered.subarray(n);
+    return out;
+  }
+
+  /** Resolves true when the server closes the connection (after reading anything it still sends). */
+  async closedByServer(): Promise<boolean> {
+    while (!this.ended) {
+      await new Promise<void>((resolve) => (this.waiting = resolve));
+      this.waiting = undefined;
+    }
+    return true;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  // ---- handshake ----------------------------------------------------------------------------
+
+  /** Reads the 18-byte greeting and sends the client flags. */
+  async greet(flags = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES): Promise<number> {
+    const g = await this.read(18);
+    if (g.readBigUInt64BE(0) !== NBDMAGIC || g.readBigUInt64BE(8) !== IHAVEOPT) throw new Error('bad greeting');
+    const f = Buffer.alloc(4);
+    f.writeUInt32BE(flags, 0);
+    this.write(f);
+    return g.readUInt16BE(16);
+  }
+
+  sendOption(option: number, data: Buffer = Buffer.alloc(0), length = data.length): void {
+    this.write(Buffer.concat([encodeOptionHeader(option, length), data]));
+  }
+
+  async optionReply(): Promise<OptionReply> {
+    const h = await this.read(20);
+    if (h.readBigUInt64BE(0) !== NBD_REP_MAGIC) throw new Error(`bad option reply magic ${h.toString('hex')}`);
+    const length = h.readUInt32BE(16);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(length) };
+  }
+
+  /** Replies up to and including the final one (ACK or an error). */
+  async optionReplies(): Promise<OptionReply[]> {
+    const out: OptionReply[] = [];
+    for (;;) {
+      const r = await this.optionReply();
+      out.push(r);
+      if (r.type === NBD_REP_ACK || r.type >= 0x80000000) return out;
+    }
+  }
+
+  async option(option: number, data?: Buffer): Promise<OptionReply[]> {
+    this.sendOption(option, data);
+    return this.optionReplies();
+  }
+
+  /** Structured replies, base:allocation (and more contexts), GO: the libnbd sequence. */
+  async negotiate(name = '', opts: { structured?: boolean; contexts?: string[] } = {}): Promise<OptionReply[]> {
+    await this.greet();
+    if (opts.structured ?? true) await this.option(NBD_OPT_STRUCTURED_REPLY);
+    if (opts.contexts?.length) await this.option(NBD_OPT_SET_META_CONTEXT, metaRequest(name, opts.contexts));
+    const replies = await this.option(NBD_OPT_GO, infoRequest(name));
+    if (replies[replies.length - 1]!.type !== NBD_REP_ACK) throw new Error(`GO failed: ${replies.map((r) => r.data.toString()).join()}`);
+    return replies;
+  }
+
+  // ---- transmission -------------------------------------------------------------------------
+
+  request(r: Partial<Request> & { type: number }, payload?: Uint8Array): void {
+    const header = encodeRequest({ flags: 0, cookie: 1n, offset: 0n, length: payload?.byteLength ?? 0, ...r });
+    this.write(payload ? Buffer.concat([header, payload]) : header);
+  }
+
+  /** One simple reply or one structured chunk. For a simple READ reply, read the data after it. */
+  async reply(): Promise<Reply> {
+    const h = await this.read(4);
+    const magic = h.readUInt32BE(0);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+      const rest = await this.read(12);
+      return { simple: true, error: rest.readUInt32BE(0), cookie: rest.readBigUInt64BE(4) };
+    }
+    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) throw new Error(`bad reply magic 0x${magic.toString(16)}`);
+    const rest = await this.read(16);
+    const length = rest.readUInt32BE(12);
+    return { simple: false, flags: rest.readUInt16BE(0), type: rest.readUInt16BE(2), cookie: rest.readBigUInt64BE(4), payload: await this.read(length) };
+  }
+
+  /** Every chunk of one structured reply, up to the one flagged DONE. */
+  async chunks(): Promise<Chunk[]> {
+    const out: Chunk[] = [];
+    for (;;) {
+      const r = await this.reply();
+      if (r.simple) throw new Error('expected a structured reply');
+      out.push(r);
+      if (r.flags & 1) return out;
+    }
+  }
+}
+
+/** NBD_OPT_INFO/GO data: name, then the requested info types (the client's encoder). */
+export function infoRequest(name: string, infos: number[] = []): Buffer {
+  return encodeGoPayload(name, infos);
+}
+
+/** LIST/SET_META_CONTEXT data: name, then the queries. */
+export function metaRequest(name: string, queries: string[]): Buffer {
+  const parts: Buffer[] = [];
+  const u32 = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(v, 0);
+    return b;
+  };
+  const n = Buffer.from(name);
+  parts.push(u32(n.length), n, u32(queries.length));
+  for (const q of queries) {
+    const qb = Buffer.from(q);
+    parts.push(u32(qb.length), qb);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Fields of an NBD_INFO_EXPORT reply. */
+export function exportInfo(replies: OptionReply[]): { size: bigint; flags: number } | undefined {
+  const r = replies.find((x) => x.type === 3 && x.data.length === 12 && x.data.readUInt16BE(0) === 0);
+  return r && { size: r.data.readBigUInt64BE(2), flags: r.data.readUInt16BE(10) };
+}
