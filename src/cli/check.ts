@@ -1,5 +1,5 @@
 import type { BlockNode } from '../core/block-node.js';
-import type { CheckResult } from '../drivers/format/qcow2/check.js';
+import { CheckFailedError, type CheckResult } from '../drivers/format/qcow2/check.js';
 import { lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
@@ -68,7 +68,14 @@ export async function check(argv: string[], io: CliIo): Promise<number> {
     io.stderr.write('vdisk check: This image format does not support checks\n');
     return EXIT.unsupported;
   }
-  let result = await node.check(fix);
+  let result: CheckResult;
+  try {
+    result = await node.check(fix);
+  } catch (err) {
+    // What the check said before it failed, then (from main) the error itself.
+    if (err instanceof CheckFailedError) for (const m of err.messages) io.stderr.write(m + '\n');
+    throw err;
+  }
   for (const m of result.messages) io.stderr.write(m + '\n');
   const fixed = { leaks: result.leaksFixed, corruptions: result.corruptionsFixed };
   if (fixed.leaks || fixed.corruptions) {
@@ -78,8 +85,6 @@ export async function check(argv: string[], io: CliIo): Promise<number> {
     }
     result = await node.check('none');
     for (const m of result.messages) io.stderr.write(m + '\n');
-    // A consistent image is no longer corrupt (or dirty): QEMU clears those bits after repair too.
-    if (!result.corruptions && 'clearIncompatible' in node) await (node as unknown as { clearIncompatible(b: bigint): Promise<void> }).clearIncompatible(0b11n);
   }
   if (!quiet) print(io, output === 'json' ? qemuJson(jsonReport(result, node, fixed)) : humanReport(result).join('\n'));
   if (result.checkErrors) return EXIT.errors;

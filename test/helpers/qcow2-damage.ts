@@ -65,8 +65,8 @@ export class Qcow2Bytes {
   l1Entry(i: number): bigint { return this.u64(this.l1At(i)); }
   setL1Entry(i: number, v: bigint): void { this.setU64(this.l1At(i), v); }
 
-  /** Byte offset of the refcount of `cluster`'s block entry; throws where there is no block. */
-  private refcountBlock(cluster: number): number {
+  /** Byte offset of the refcount block that holds `cluster`'s refcount; throws where there is none. */
+  refcountBlockOf(cluster: number): number {
     const perBlock = (this.clusterSize * 8) / this.refcountBits;
     const block = Number(this.u64(this.refcountTableOffset + Math.floor(cluster / perBlock) * 8) & ~0x1ffn);
     if (block === 0) throw new Error(`cluster ${cluster} has no refcount block`);
@@ -76,7 +76,7 @@ export class Qcow2Bytes {
   refcount(cluster: number): number {
     const bits = this.refcountBits;
     const perBlock = (this.clusterSize * 8) / bits;
-    const block = this.refcountBlock(cluster);
+    const block = this.refcountBlockOf(cluster);
     const i = cluster % perBlock;
     if (bits >= 8) return Number(this.buf.readUIntBE(block + (i * bits) / 8, bits / 8));
     const perByte = 8 / bits;
@@ -86,7 +86,7 @@ export class Qcow2Bytes {
   setRefcount(cluster: number, value: number): void {
     const bits = this.refcountBits;
     const perBlock = (this.clusterSize * 8) / bits;
-    const block = this.refcountBlock(cluster);
+    const block = this.refcountBlockOf(cluster);
     const i = cluster % perBlock;
     if (value >= 2 ** bits) throw new Error(`refcount ${value} does not fit ${bits} bits`);
     if (bits >= 8) return void this.buf.writeUIntBE(value, block + (i * bits) / 8, bits / 8);

@@ -1,0 +1,84 @@
+import type { BlockNode } from '../../../core/block-node.js';
+import { BlockError } from '../../../core/errors.js';
+import type { Qcow2Header } from './header.js';
+import type { Refcounts } from './refcounts.js';
+
+/** What qemu-img check reports, under its JSON names. */
+export interface CheckResult {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+  /** The lines qemu-img prints on stderr while checking ("ERROR cluster 3 refcount=0 reference=1"). */
+  messages: string[];
+}
+
+export type CheckFix = 'none' | 'leaks' | 'all';
+
+/** What the checker needs from an open image. */
+export interface CheckTarget {
+  file: BlockNode;
+  header: Qcow2Header;
+  clusterSize: number;
+  size: number;
+  /** Active L1 entries, raw (with COPIED bits). */
+  l1Entries(): bigint[];
+  /** Unused: the checker reads the snapshot table itself, for the ids and names its messages give. */
+  snapshotL1s?(): { offset: number; size: number }[];
+  snapshotTable(): { offset: number; length: number } | undefined;
+  readTable(offset: number): Promise<Uint8Array>;
+  refcounts: Refcounts;
+  /** Rewrites one active L1/L2 entry (for COPIED repairs). */
+  setCopied(kind: 'l1' | 'l2', tableOffset: number, index: number, copied: boolean): Promise<void>;
+}
+
+/**
+ * A check that cannot go on (qemu-img's "Check failed"): a repair write QEMU would refuse. What
+ * the check had said until then goes with it, for the caller to print.
+ */
+export class CheckFailedError extends BlockError {
+  constructor(readonly messages: readonly string[], t: CheckTarget, what: string) {
+    super('EIO', `Check of qcow2 image '${t.file.filename}' failed: ${what}`, { op: 'check', path: t.file.filename });
+  }
+}
+
+/** The result so far, the image, and the reads every part of the check shares. */
+export class CheckContext {
+  readonly res: CheckResult;
+  readonly cs: number;
+
+  constructor(readonly t: CheckTarget) {
+    this.cs = t.clusterSize;
+    this.res = {
+      corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, imageEndOffset: 0,
+      totalClusters: Math.ceil(t.size / this.cs), allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0, messages: [],
+    };
+  }
+
+  say(line: string): void {
+    this.res.messages.push(line);
+  }
+
+  /** Bytes as QEMU's bdrv_pread gives them: from any offset, zeros past the end of the file. */
+  async readRaw(offset: number, length: number): Promise<Uint8Array> {
+    const buf = new Uint8Array(length);
+    const n = Math.max(0, Math.min(length, this.t.file.size - offset));
+    if (n > 0) await this.t.file.read(offset, buf.subarray(0, n));
+    return buf;
+  }
+
+  /**
+   * An L2 table: the node's cached copy when it is a whole cluster inside the file (so a repair
+   * that edits it in place keeps the cache and the disk alike), else the raw bytes.
+   */
+  readL2(offset: number): Promise<Uint8Array> {
+    if (offset % this.cs === 0 && offset + this.cs <= this.t.file.size) return this.t.readTable(offset);
+    return this.readRaw(offset, this.cs);
+  }
+}
