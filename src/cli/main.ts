@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },
   io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },
   map: { summary: 'show where the image data lives (qemu-img map)', load: async () => (await import('./map.js')).map },
+  serve: { summary: 'export images over NBD (qemu-nbd)', load: async () => (await import('./serve.js')).serve },
 };
 
 function usage(): string {
@@ -18,8 +19,8 @@ function usage(): string {
   return [
     'usage: vdisk COMMAND [OPTIONS] ...',
     '',
-    'vdisk is a virtual-disk I/O stack: raw images today, qcow2, VMDK and NBD to come.',
-    'Commands take the options of the qemu-img or qemu-io command they are shaped like.',
+    'vdisk is a virtual-disk I/O stack: raw and qcow2 images and an NBD server; VMDK to come.',
+    'Commands take the options of the qemu-img, qemu-io or qemu-nbd command they are shaped like.',
     '',
     'Commands:',
     ...lines,

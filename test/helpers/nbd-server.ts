@@ -2,6 +2,8 @@
  * Helpers for NBD server tests: a server on a Unix socket in a temp dir, and a raw-socket client
  * that speaks the protocol byte by byte, so tests can also send what no real client would.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { lstat } from 'node:fs/promises';
 import net from 'node:net';
 import { afterEach } from 'node:test';
 import type { BlockNode } from '../../src/core/block-node.js';
@@ -253,4 +255,74 @@ export function metaRequest(name: string, queries: string[]): Buffer {
 export function exportInfo(replies: OptionReply[]): { size: bigint; flags: number } | undefined {
   const r = replies.find((x) => x.type === 3 && x.data.length === 12 && x.data.readUInt16BE(0) === 0);
   return r && { size: r.data.readBigUInt64BE(2), flags: r.data.readUInt16BE(10) };
+}
+
+// ---- `vdisk serve` as a separate process ---------------------------------------------------------
+
+const REPO = new URL('../../', import.meta.url).pathname;
+
+export interface ServeProcess {
+  child: ChildProcess;
+  /** Settles when the process exits, with its status and what it wrote. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
+  /** SIGTERM (graceful stop) and the exit. */
+  stop(): Promise<{ code: number | null; stderr: string }>;
+}
+
+/** The command line that runs the CLI from source, for tools that start the server themselves. */
+export function serveCommand(args: readonly string[]): string[] {
+  return [process.execPath, '--import', 'tsx', `${REPO}src/cli/dev.ts`, 'serve', ...args];
+}
+
+/** Starts `vdisk serve ARGS` from source (the server of the interop tests). */
+export function spawnServe(args: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeProcess {
+  const [cmd, ...rest] = serveCommand(args);
+  const child = spawn(cmd!, rest, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) => {
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+  return {
+    child,
+    exited,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/**
+ * Waits until the server listens, or its process exits (then throws with its stderr). A Unix
+ * socket is watched for its file, without connecting: a server without -t exits when its last
+ * client leaves, and a probe would be that client. A TCP port can only be probed by connecting,
+ * so use it with -t. Polls; nothing is timed.
+ */
+export async function waitForListener(where: { path: string } | { port: number; host?: string }, proc?: ServeProcess): Promise<void> {
+  let exited: { stderr: string; code: number | null } | undefined;
+  void proc?.exited.then((e) => (exited = e));
+  for (;;) {
+    if (exited) throw new Error(`vdisk serve exited with ${exited.code} before listening: ${exited.stderr.trim()}`);
+    const ok = 'path' in where
+      ? await lstat(where.path).then((st) => st.isSocket(), () => false)
+      : await new Promise<boolean>((resolve) => {
+        const s = net.connect(where.port, where.host ?? '127.0.0.1');
+        s.once('connect', () => (s.destroy(), resolve(true)));
+        s.once('error', () => resolve(false));
+      });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A TCP port that was free a moment ago (for servers, like qemu-nbd, that do not report theirs). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
 }
