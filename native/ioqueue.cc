@@ -3,7 +3,8 @@
 // a thread-pool hand-off and two wake-ups for every request, more than a 4 KiB
 // copy from the page cache costs. Here a submission is a push under a mutex
 // (a futex wake only when a thread is idle), each thread takes one request at
-// a time (a slow request holds up no other), and completions gather until the
+// a time (a slow request holds up no other) and wakes a sleeping one while
+// work remains, and completions gather until the
 // event loop wakes once for all of them: one call into JS per wake-up, with
 // the ids and results of every request finished since the last.
 #include <uv.h>
@@ -110,40 +111,88 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   static void CleanupHook(void* self) { static_cast<IoQueue*>(self)->Stop(); }
 
  private:
-  // submit(id, fd, buffer, offset, write): the buffer must stay referenced
-  // (and untouched) by the caller until its completion is delivered.
+  // submit(count, ids: Uint32Array, fds: Int32Array, offsets: Float64Array,
+  //        writes: Uint8Array, buffers: Uint8Array[]): queues requests
+  // [0, count). The arrays are read now and may be reused at once; each buffer
+  // must stay referenced (and untouched) by the caller until its completion is
+  // delivered. One call per event-loop turn: one lock, and no more wake-ups
+  // than there are requests or idle threads.
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int fd;
-    int64_t offset;
     if (!started_ || stopped_) {
       Napi::Error::New(env, "IoQueue is closed").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    if (!ArgCount(info, 5) || !info[0].IsNumber() ||
-        !ArgFd(info, 1, "fd", &fd) || !ArgUint(info, 3, "offset", &offset))
-      return env.Undefined();
-    if (!info[2].IsTypedArray()) {
+    int64_t count;
+    if (!ArgCount(info, 6) || !ArgUint(info, 0, "count", &count)) return env.Undefined();
+    if (!info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+        !info[3].IsTypedArray() || !info[4].IsTypedArray() ||
+        !info[5].IsArray()) {
       ThrowTypeError(env, "ERR_INVALID_ARG_TYPE",
-                     "The \"buffer\" argument must be a Uint8Array");
+                     "submit(count, ids: Uint32Array, fds: Int32Array, offsets: "
+                     "Float64Array, writes: Uint8Array, buffers: Uint8Array[])");
       return env.Undefined();
     }
-    auto view = info[2].As<Napi::TypedArray>();
-    Request* r = new Request{
-        info[0].As<Napi::Number>().Uint32Value(),
-        fd,
-        info[4].ToBoolean().Value(),
-        static_cast<uint8_t*>(view.ArrayBuffer().Data()) + view.ByteOffset(),
-        view.ByteLength(),
-        offset,
-        0};
-    if (in_flight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
+    auto ids = info[1].As<Napi::TypedArrayOf<uint32_t>>();
+    auto fds = info[2].As<Napi::TypedArrayOf<int32_t>>();
+    auto offsets = info[3].As<Napi::TypedArrayOf<double>>();
+    auto writes = info[4].As<Napi::TypedArrayOf<uint8_t>>();
+    auto buffers = info[5].As<Napi::Array>();
+    size_t n = static_cast<size_t>(count);
+    if (ids.ElementLength() < n || fds.ElementLength() < n ||
+        offsets.ElementLength() < n || writes.ElementLength() < n ||
+        buffers.Length() < n) {
+      ThrowRange(env, "count", "at most the length of every array",
+                 static_cast<double>(count));
+      return env.Undefined();
+    }
+    std::vector<Request*> batch;
+    batch.reserve(n);
+    for (size_t i = 0; i < n; i++) {
+      // Raw N-API here: one call per buffer for its address and length.
+      napi_value b;
+      napi_typedarray_type type;
+      size_t length = 0;
+      void* data = nullptr;
+      double offset = offsets[i];
+      const char* bad = nullptr;
+      if (napi_get_element(env, buffers, static_cast<uint32_t>(i), &b) != napi_ok ||
+          napi_get_typedarray_info(env, b, &type, &length, &data, nullptr, nullptr) != napi_ok ||
+          type != napi_uint8_array) {
+        bad = "buffer";
+      } else if (!(offset >= 0 && offset <= 9007199254740991.0 &&
+                   offset == static_cast<double>(static_cast<int64_t>(offset)))) {
+        bad = "offset";
+      } else if (fds[i] < 0) {
+        bad = "fd";
+      }
+      if (bad) {
+        for (Request* r : batch) delete r;
+        if (env.IsExceptionPending()) env.GetAndClearPendingException();
+        if (bad[0] == 'b') {
+          ThrowTypeError(env, "ERR_INVALID_ARG_TYPE", "IoQueue: every buffer must be a Uint8Array");
+        } else {
+          ThrowRange(env, bad, bad[0] == 'o' ? "a safe non-negative integer" : ">= 0",
+                     bad[0] == 'o' ? offset : fds[i]);
+        }
+        return env.Undefined();
+      }
+      batch.push_back(new Request{ids[i], fds[i], writes[i] != 0,
+                                  static_cast<uint8_t*>(data), length,
+                                  static_cast<int64_t>(offset), 0});
+    }
+    if (n == 0) return env.Undefined();
+    if (in_flight_ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
+    in_flight_ += n;
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      todo_.push_back(r);
+      todo_.insert(todo_.end(), batch.begin(), batch.end());
       wake = idle_ > 0;
     }
+    // One wake-up per call at most: a futex wake costs the event loop more
+    // than a page-cache read, and on a busy machine the woken thread may take
+    // this very core. Threads wake each other while work remains (Serve).
     if (wake) cv_.notify_one();
     return env.Undefined();
   }
@@ -164,7 +213,9 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
       if (stopping_) return;
       Request* r = todo_.front();
       todo_.pop_front();
+      bool more = !todo_.empty() && idle_ > 0;
       lock.unlock();
+      if (more) cv_.notify_one();
       r->result = Transfer(*r);
       lock.lock();
       bool first = done_.empty();

@@ -25,7 +25,11 @@ export interface OfdLockHolder {
 }
 
 export interface IoQueueHandle {
-  submit(id: number, fd: number, buffer: Uint8Array, offset: number, write: boolean): void;
+  /**
+   * Queues requests [0, count): read (writes[i] = 0) or write all of buffers[i] at offsets[i] on
+   * fds[i]; completions name ids[i]. The arrays are copied at once and may be reused.
+   */
+  submit(count: number, ids: Uint32Array, fds: Int32Array, offsets: Float64Array, writes: Uint8Array, buffers: Uint8Array[]): void;
   /** Stops the threads once their current requests finish; later submits throw. */
   close(): void;
 }
@@ -70,10 +74,10 @@ export interface NativeAddon {
    */
   mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
   /**
-   * A queue of positional reads and writes served by `threads` threads of its own. `submit`
-   * moves all of `buffer` at `offset` on `fd` (a read stops short only at end of file); the
-   * caller keeps the buffer referenced and untouched until `onComplete` reports the request's
-   * id with its result: bytes moved, or -errno. Completions arrive in batches, one call per
+   * A queue of positional reads and writes served by `threads` threads of its own. Each request
+   * moves all of its buffer (a read stops short only at end of file); the caller keeps the buffer
+   * referenced and untouched until `onComplete` reports the request's id with its result: bytes
+   * moved, or -errno. Completions arrive in batches, one call per
    * event-loop wake-up. Only requests in flight keep the process alive.
    */
   IoQueue: new (threads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;

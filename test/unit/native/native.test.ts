@@ -274,12 +274,16 @@ describe('native addon', { skip: skipReason }, () => {
       assert.throws(() => new n.IoQueue(1, 5 as never), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
       const q = new n.IoQueue(1, () => {});
       try {
-        assert.throws(() => q.submit(0, 0, {} as Uint8Array, 0, false), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
-        assert.throws(() => q.submit(0, 0, new Uint8Array(1), -1, false), (e: NodeJS.ErrnoException) => e instanceof RangeError);
+        const one = (offset: number, buf: Uint8Array = new Uint8Array(1), count = 1): void =>
+          q.submit(count, new Uint32Array(1), new Int32Array(1), new Float64Array([offset]), new Uint8Array(1), [buf]);
+        assert.throws(() => one(0, {} as Uint8Array), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
+        assert.throws(() => one(-1), (e: NodeJS.ErrnoException) => e instanceof RangeError && e.code === 'ERR_OUT_OF_RANGE');
+        assert.throws(() => one(0.5), (e: NodeJS.ErrnoException) => e instanceof RangeError);
+        assert.throws(() => one(0, undefined, 2), (e: NodeJS.ErrnoException) => e instanceof RangeError && /count/.test(e.message));
       } finally {
         q.close();
       }
-      assert.throws(() => q.submit(0, 0, new Uint8Array(1), 0, false), /closed/);
+      assert.throws(() => q.submit(0, new Uint32Array(0), new Int32Array(0), new Float64Array(0), new Uint8Array(0), []), /closed/);
     });
 
     it('reports bytes moved or -errno per request id, in batches', async () => {
@@ -295,9 +299,7 @@ describe('native addon', { skip: skipReason }, () => {
       });
       try {
         const bufs = [new Uint8Array(4096), new Uint8Array(10), new Uint8Array(10)];
-        q.submit(10, fd, bufs[0]!, 0, false);
-        q.submit(11, fd, bufs[1]!, 2995, false);
-        q.submit(12, BAD_FD, bufs[2]!, 0, false);
+        q.submit(3, new Uint32Array([10, 11, 12]), new Int32Array([fd, fd, BAD_FD]), new Float64Array([0, 2995, 0]), new Uint8Array(3), bufs);
         await all;
         assert.deepEqual([...seen].sort((a, b) => a[0] - b[0]), [[10, 3000], [11, 5], [12, -os.constants.errno.EBADF]]);
         assert.equal(bufs[0]![2999], 7);

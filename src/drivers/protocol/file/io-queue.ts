@@ -5,9 +5,9 @@ import { STRERROR } from '../../../core/strerror.js';
 /*
  * Positional reads and writes through the native addon's IoQueue: a submission queue served by
  * threads of its own and a completion queue drained once per event-loop wake-up. fs.read pays a
- * thread-pool hand-off and two wake-ups per request, more than a 4 KiB copy from the page cache;
- * here a request costs a queue push, and the completions of many requests share one wake-up and
- * one call into JS.
+ * thread-pool hand-off and two wake-ups per request, more than a 4 KiB copy from the page cache.
+ * Here the requests of one event-loop turn go down in one call at the end of it (io_uring_enter's
+ * batching), and the completions of many requests share one wake-up and one call into JS.
  */
 
 /**
@@ -42,9 +42,9 @@ function errnoError(errno: number, write: boolean): Error {
 const pending: (Pending | undefined)[] = [];
 const freeIds: number[] = [];
 
-function complete(ids: Uint32Array, results: Float64Array): void {
-  for (let i = 0; i < ids.length; i++) {
-    const id = ids[i]!;
+function complete(done: Uint32Array, results: Float64Array): void {
+  for (let i = 0; i < done.length; i++) {
+    const id = done[i]!;
     const p = pending[id]!;
     pending[id] = undefined;
     freeIds.push(id);
@@ -56,18 +56,59 @@ function complete(ids: Uint32Array, results: Float64Array): void {
 
 let queue: IoQueueHandle | undefined;
 
+/** The submissions of this turn, in arrays reused from turn to turn (the addon copies them). */
+let count = 0;
+let ids = new Uint32Array(64);
+let fds = new Int32Array(64);
+let offsets = new Float64Array(64);
+let writes = new Uint8Array(64);
+const buffers: Uint8Array[] = [];
+
+function grow(): void {
+  const size = ids.length * 2;
+  const more = <T extends Uint32Array | Int32Array | Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
+    const b = make(size);
+    b.set(a);
+    return b;
+  };
+  ids = more(ids, (n) => new Uint32Array(n));
+  fds = more(fds, (n) => new Int32Array(n));
+  offsets = more(offsets, (n) => new Float64Array(n));
+  writes = more(writes, (n) => new Uint8Array(n));
+}
+
+function flush(): void {
+  const n = count;
+  count = 0;
+  try {
+    queue!.submit(n, ids, fds, offsets, writes, buffers);
+  } catch (err) {
+    // Only a bad argument gets here (a closed descriptor fails in its own completion).
+    for (let i = 0; i < n; i++) fail(ids[i]!, err as Error);
+  } finally {
+    buffers.length = 0;
+  }
+}
+
+function fail(id: number, err: Error): void {
+  const p = pending[id]!;
+  pending[id] = undefined;
+  freeIds.push(id);
+  p.reject(err);
+}
+
 function submit(fd: number, buf: Uint8Array, offset: number, write: boolean): Promise<number> {
   queue ??= new native!.IoQueue(THREADS, complete);
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
     pending[id] = { buf, write, resolve, reject };
-    try {
-      queue!.submit(id, fd, buf, offset, write);
-    } catch (err) {
-      pending[id] = undefined;
-      freeIds.push(id);
-      reject(err as Error);
-    }
+    if (count === ids.length) grow();
+    ids[count] = id;
+    fds[count] = fd;
+    offsets[count] = offset;
+    writes[count] = write ? 1 : 0;
+    buffers[count] = buf;
+    if (count++ === 0) setImmediate(flush);
   });
 }
 

@@ -55,10 +55,11 @@ test('a failing request rejects with an errno-shaped error; the others still suc
   writeFileSync(tmp.path('ro'), pattern(4096, 5));
   const fd = openSync(tmp.path('ro'), 'r');
   t.after(() => closeSync(fd));
-  const ok = queuedRead(fd, new Uint8Array(4096), 0);
-  const bad = queuedWrite(fd, new Uint8Array(4096), 0);
-  assert.equal(await ok, 4096);
-  await assert.rejects(bad, (err: NodeJS.ErrnoException) => {
+  // Both in one turn; they may complete in either order, so both are awaited together.
+  const [ok, bad] = await Promise.allSettled([queuedRead(fd, new Uint8Array(4096), 0), queuedWrite(fd, new Uint8Array(4096), 0)]);
+  assert.deepEqual(ok, { status: 'fulfilled', value: 4096 });
+  assert.equal(bad.status, 'rejected');
+  await assert.rejects(Promise.reject((bad as PromiseRejectedResult).reason), (err: NodeJS.ErrnoException) => {
     assert.equal(err.code, 'EBADF');
     assert.equal(err.syscall, 'pwrite');
     const wrapped = fromSystemError(err, { op: 'write', path: 'ro' });
