@@ -1,7 +1,7 @@
 import type { BlockNode } from '../../../core/block-node.js';
 import type { BlockError } from '../../../core/errors.js';
 import { decompressCluster, type CompressionType } from './compression.js';
-import { compressedRange, type EntryView } from './l2-entry.js';
+import type { CompressedRange } from './l2-entry.js';
 
 /**
  * Reads guest bytes of compressed clusters. A guest reading a compressed cluster 4 KiB at a time
@@ -17,9 +17,8 @@ export class CompressedReader {
     private readonly corruption: (what: string) => BlockError,
   ) {}
 
-  /** Fills `dst` with the guest bytes at `pos`, which the L2 entry `index` of `view` maps compressed. */
-  async read(view: EntryView, index: number, pos: number, dst: Uint8Array): Promise<void> {
-    const range = compressedRange(view, index);
+  /** Fills `dst` with the guest bytes at `pos`, whose cluster is compressed at `range`. */
+  async read(range: CompressedRange, pos: number, dst: Uint8Array): Promise<void> {
     const file = this.file;
     if (range.offset > Number.MAX_SAFE_INTEGER || range.offset >= file.size) {
       throw this.corruption(`compressed cluster at guest offset ${pos} points past the end of the file`);

@@ -87,7 +87,7 @@ export class DataWriter {
     const cs = g.clusterSize;
     const guestBase = pos - (pos % cs);
     const inCluster = pos - guestBase;
-    const { table, entry, view } = await editor.entryForWrite(guestBase);
+    const { entry, view } = await editor.entryForWrite(guestBase);
     const old = decode(view, entry, 0);
     const extended = g.extendedL2;
     // With extended L2 only the touched subclusters are written, into the cluster's own slot.
@@ -122,7 +122,6 @@ export class DataWriter {
       if (!partialCluster) bitmap = 0xffffffffn;
       dv.setBigUint64(entry * 16 + 8, bitmap);
     }
-    editor.commit(guestBase, table);
   }
 
   /**
@@ -138,10 +137,9 @@ export class DataWriter {
     await dataFile.write(host, data);
     writeback.dataChanged();
     for (let i = 0; i < count; i++) {
-      const { table, entry, view } = await editor.entryForWrite(pos + i * cs);
+      const { entry, view } = await editor.entryForWrite(pos + i * cs);
       view.dv.setBigUint64(entry * g.entryBytes, BigInt(host + i * cs) | OFLAG_COPIED);
       if (g.extendedL2) view.dv.setBigUint64(entry * 16 + 8, 0xffffffffn);
-      editor.commit(pos + i * cs, table);
     }
     return data.byteLength;
   }

@@ -1,12 +1,13 @@
 import type { BlockNode } from '../../../core/block-node.js';
 import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
-import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
+import { boolOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
 import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { writeFeatureField } from './header-update.js';
 import { Qcow2Node } from './qcow2-node.js';
+import { cacheOptions } from './runtime-options.js';
 import { createQcow2 } from './create.js';
 import { QCOW2_CREATE_OPTIONS } from './create-options.js';
 import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
@@ -92,8 +93,9 @@ async function openDataFile(spec: NodeSpec, h: Qcow2Header, file: BlockNode, ctx
 /** The image file as a qcow2 node needs it: locked against other writers, and growing as clusters are added. */
 function exclusiveFile(spec: NodeSpec | string): NodeSpec | string {
   if (typeof spec === 'string') return { driver: 'file', filename: spec, exclusive: true, growable: true };
-  if (spec.driver !== 'file') return spec;
-  return { ...spec, exclusive: spec.exclusive ?? true, growable: spec.growable ?? true };
+  // `file.filename=x` without a driver is a file too (the registry makes it one).
+  if (spec.driver !== undefined && spec.driver !== 'file') return spec;
+  return { ...spec, driver: 'file', exclusive: spec.exclusive ?? true, growable: spec.growable ?? true };
 }
 
 /**
@@ -156,8 +158,7 @@ export const qcow2Driver: DriverDef = {
       }, {
         nodeName: stringOption(spec, 'node-name'),
         readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly,
-        l2CacheSize: numberOption(spec, 'l2-cache-size') ?? numberOption(spec, 'cache-size'),
-        refcountCacheSize: numberOption(spec, 'refcount-cache-size'),
+        ...cacheOptions(spec),
       });
       // Lazy refcounts left dirty by a crash: repair them before anything is written, as QEMU does.
       if (!node.readOnly && node.dirty && !checking) await repairDirty(node);

@@ -3,17 +3,16 @@ import { compressedRange, Sub, type Decoded, type EntryView } from './l2-entry.j
 import type { RefcountLoader } from './refcounts.js';
 import type { Qcow2Tables } from './tables.js';
 
-/** One L2 entry made writable: its table, its index there, and a view to read and change it. */
+/** One L2 entry made writable: its index in its slice, and a view of the slice to change it. */
 export interface WritableEntry {
-  table: Uint8Array;
   entry: number;
   view: EntryView;
 }
 
 /**
  * Changes L2 entries for writers (data, zeroes, discard, shrink): finds an entry's table and makes
- * it ours (allocating it, or copying one shared with a snapshot), drops the references an entry
- * gave up, and marks the table for writeback.
+ * it ours (allocating it, or copying one shared with a snapshot) and dirty, and drops the
+ * references an entry gave up.
  */
 export class L2Editor {
   constructor(
@@ -22,11 +21,16 @@ export class L2Editor {
     private readonly refcounts: RefcountLoader,
   ) {}
 
-  /** The L2 entry of the guest cluster at `guest`, with its table made writable. */
+  /**
+   * The L2 entry of the guest cluster at `guest`, in a slice made writable and marked dirty: it
+   * stays at this buffer until the next writeback, so the caller may change it across awaits.
+   */
   async entryForWrite(guest: number): Promise<WritableEntry> {
     const clusterIndex = Math.floor(guest / this.g.clusterSize);
-    const { table } = await this.tables.forWrite(Math.floor(clusterIndex / this.g.l2Entries), await this.refcounts.get());
-    return { table, entry: clusterIndex % this.g.l2Entries, view: entryView(this.g, table) };
+    const l2Index = clusterIndex % this.g.l2Entries;
+    const sliceEntries = this.tables.sliceEntries;
+    const table = await this.tables.forWrite(Math.floor(clusterIndex / this.g.l2Entries), Math.floor(l2Index / sliceEntries), await this.refcounts.get());
+    return { entry: l2Index % sliceEntries, view: entryView(this.g, table) };
   }
 
   /** Drops this image's reference to the host cluster(s) an entry held (at the next flush). */
@@ -45,8 +49,4 @@ export class L2Editor {
     }
   }
 
-  /** Marks the table of the guest cluster at `guest`, changed through entryForWrite, for writeback. */
-  commit(guest: number, table: Uint8Array): void {
-    this.tables.markDirty(this.tables.l1[Math.floor(guest / this.g.clusterSize / this.g.l2Entries)]!, table);
-  }
 }

@@ -75,7 +75,15 @@ export function decode(v: EntryView, index: number, sub: number): Decoded {
 }
 
 /** Where a compressed cluster's bytes are: [offset, offset + length) in the host file. */
-export function compressedRange(v: EntryView, index: number): { offset: number; length: number; sectorsStart: number; sectorsLength: number } {
+export interface CompressedRange {
+  offset: number;
+  length: number;
+  /** The 512-byte sectors the entry names, which its refcounts cover. */
+  sectorsStart: number;
+  sectorsLength: number;
+}
+
+export function compressedRange(v: EntryView, index: number): CompressedRange {
   const at = index * (v.extendedL2 ? 16 : 8);
   const entry = v.dv.getBigUint64(at) & ((1n << 62n) - 1n);
   const shift = BigInt(62 - (v.clusterBits - 8));

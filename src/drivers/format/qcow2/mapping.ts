@@ -1,6 +1,6 @@
 import type { BlockError } from '../../../core/errors.js';
 import { entryView, type Qcow2Geometry } from './geometry.js';
-import { decode, Sub, type EntryView } from './l2-entry.js';
+import { compressedRange, decode, Sub, type CompressedRange } from './l2-entry.js';
 import type { Qcow2Tables } from './tables.js';
 
 /** A run of guest bytes that one kind of (sub)cluster covers, with contiguous host bytes. */
@@ -11,9 +11,8 @@ export interface Run {
   host: number;
   /** The cluster is ours alone (refcount 1): it may be written in place. */
   copied: boolean;
-  /** For a compressed run: the L2 table and entry index. */
-  view?: EntryView;
-  index?: number;
+  /** For a compressed run: where its compressed bytes lie in the image file. */
+  compressed?: CompressedRange;
 }
 
 /**
@@ -28,37 +27,54 @@ export class Qcow2Mapping {
     private readonly corruption: (what: string) => BlockError,
   ) {}
 
-  /** The run of same-kind, host-contiguous (sub)clusters starting at `offset`, within one L2 table. */
-  async mapRun(offset: number, maxLength: number): Promise<Run> {
-    const { clusterSize: cs, l2Entries, subclusterSize: ss } = this.g;
+  /**
+   * The run of same-kind, host-contiguous (sub)clusters starting at `offset`, within one slice
+   * of one L2 table.
+   */
+  mapRun(offset: number, maxLength: number): Promise<Run> | Run {
+    const { clusterSize: cs, l2Entries } = this.g;
     const clusterIndex = Math.floor(offset / cs);
-    const inCluster = offset - clusterIndex * cs;
     const l1Index = Math.floor(clusterIndex / l2Entries);
     const l2Index = clusterIndex % l2Entries;
-    const limit = Math.min(maxLength, (l2Entries - l2Index) * cs - inCluster);
+    const sliceEntries = this.tables.sliceEntries;
+    const slice = Math.floor(l2Index / sliceEntries);
     const l2Offset = this.tables.l1[l1Index] ?? 0;
-    if (l2Offset === 0) return { sub: Sub.UnallocatedPlain, length: limit, host: 0, copied: false };
+    if (l2Offset === 0) {
+      const inCluster = offset - clusterIndex * cs;
+      return { sub: Sub.UnallocatedPlain, length: Math.min(maxLength, (l2Entries - l2Index) * cs - inCluster), host: 0, copied: false };
+    }
     // Tables open leniently so check can see a damaged image; I/O through a bad entry stops here.
     if (l2Offset % cs !== 0) throw this.corruption(`L1 entry ${l1Index} points at a misaligned L2 table (0x${l2Offset.toString(16)})`);
-    const view = entryView(this.g, await this.tables.get(l2Offset));
+    const hit = this.tables.peekSlice(l2Offset, slice);
+    if (hit) return this.runIn(hit, offset, maxLength, l2Index - slice * sliceEntries);
+    return this.tables.useSlice(l2Offset, slice, (t) => this.runIn(t, offset, maxLength, l2Index - slice * sliceEntries));
+  }
+
+  /** The run at `offset`, whose L2 entry is entry `index` of `slice`. */
+  private runIn(slice: Uint8Array, offset: number, maxLength: number, index: number): Run {
+    const { clusterSize: cs, subclusterSize: ss } = this.g;
+    const inCluster = offset % cs;
+    const sliceEntries = this.tables.sliceEntries;
+    const limit = Math.min(maxLength, (sliceEntries - index) * cs - inCluster);
+    const view = entryView(this.g, slice);
     let sc = Math.floor(inCluster / ss);
-    const first = decode(view, l2Index, sc);
+    const first = decode(view, index, sc);
     if (first.invalid) throw this.corruption(`${first.invalid} (guest offset ${offset})`);
     if (first.sub === Sub.Compressed) {
-      return { sub: Sub.Compressed, length: Math.min(limit, cs - inCluster), host: 0, copied: false, view, index: l2Index };
+      return { sub: Sub.Compressed, length: Math.min(limit, cs - inCluster), host: 0, copied: false, compressed: compressedRange(view, index) };
     }
     const hosted = first.sub === Sub.Normal || first.sub === Sub.ZeroAlloc || first.sub === Sub.UnallocatedAlloc;
     let length = (sc + 1) * ss - inCluster;
-    let index = l2Index;
+    let at = index;
     while (length < limit) {
       if (sc + 1 < cs / ss) sc++;
       else {
-        index++;
+        at++;
         sc = 0;
       }
-      const next = decode(view, index, sc);
+      const next = decode(view, at, sc);
       if (next.invalid || next.sub !== first.sub || next.copied !== first.copied) break;
-      if (hosted && next.hostCluster !== first.hostCluster + (index - l2Index) * cs) break;
+      if (hosted && next.hostCluster !== first.hostCluster + (at - index) * cs) break;
       length += ss;
     }
     return { sub: first.sub, length: Math.min(length, limit), host: hosted ? first.hostCluster + inCluster : 0, copied: first.copied };

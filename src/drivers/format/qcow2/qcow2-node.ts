@@ -3,6 +3,8 @@ import { BlockError, NotSupportedError } from '../../../core/errors.js';
 import type { Extent, IoOptions, ZeroOptions } from '../../../core/types.js';
 import { Qcow2BlockStatus } from './block-status.js';
 import { checkQcow2, type CheckFix, type CheckResult } from './check.js';
+import { CacheCleaner } from './cache-cleaner.js';
+import { resolveCacheSizes, type CacheOptions, type CacheSizes } from './cache-options.js';
 import { CompressedReader } from './compressed-reader.js';
 import type { CompressionType } from './compression.js';
 import { INCOMPAT } from './constants.js';
@@ -22,12 +24,8 @@ import { snapshotInfoJson, snapshotTableHuman, type Qcow2Snapshot } from './snap
 import { Qcow2Tables } from './tables.js';
 import { ZeroWriter } from './zero-writer.js';
 
-export interface Qcow2Options extends NodeOptions {
-  /** Bytes of L2 tables kept in memory (QEMU's l2-cache-size). */
-  l2CacheSize?: number;
-  /** Bytes of refcount blocks kept in memory (QEMU's refcount-cache-size). */
-  refcountCacheSize?: number;
-}
+/** Node options plus QEMU's qcow2 cache options (see cache-options.ts). */
+export interface Qcow2Options extends NodeOptions, CacheOptions {}
 
 export interface Qcow2Parts {
   file: BlockNode;
@@ -42,10 +40,6 @@ export interface Qcow2Parts {
   snapshot: Qcow2Snapshot | undefined;
   compression: CompressionType;
 }
-
-/** QEMU covers the whole image's L2 tables up to this much by default (we do the same). */
-const DEFAULT_L2_CACHE_MAX = 32 * 1024 * 1024;
-const DEFAULT_REFCOUNT_CACHE = 4 * 1024 * 1024;
 
 /**
  * The qcow2 format (spec: docs/interop/qcow2.rst): guest offsets map through L1 and L2 tables
@@ -73,8 +67,9 @@ export class Qcow2Node extends BlockNode {
   private readonly editor: L2Editor;
   private readonly dataWriter: DataWriter;
   private readonly zeroWriter: ZeroWriter;
+  private readonly cleaner: CacheCleaner;
 
-  private constructor(parts: Qcow2Parts, tables: Qcow2Tables, l2CacheBytes: number, opts: Qcow2Options) {
+  private constructor(parts: Qcow2Parts, tables: Qcow2Tables, cache: CacheSizes, opts: Qcow2Options) {
     // A snapshot is a past state: it opens read-only, as qemu-img's -l does.
     super({ ...opts, readOnly: (opts.readOnly ?? false) || parts.snapshot !== undefined });
     const h = parts.header;
@@ -96,12 +91,12 @@ export class Qcow2Node extends BlockNode {
 
     const corruption = (what: string) => this.corruption(what);
     const size = () => this.size;
-    const refcounts = (this.refcounts = new RefcountLoader(file, h, file.filename, opts.refcountCacheSize ?? DEFAULT_REFCOUNT_CACHE));
+    const refcounts = (this.refcounts = new RefcountLoader(file, h, file.filename, cache.refcountEntries * g.clusterSize));
     const loadRefcounts = () => refcounts.get();
     const mapping = (this.mapping = new Qcow2Mapping(g, tables, corruption));
     this.status = new Qcow2BlockStatus(mapping, { file, dataFile: this.dataFile, backing: parts.backing, clusterSize: g.clusterSize, refcounts: loadRefcounts });
     this.compressed = new CompressedReader(file, parts.compression, g.clusterSize, corruption);
-    const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, clusterSize: g.clusterSize, l2CacheBytes }));
+    const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, clusterSize: g.clusterSize, l2CacheBytes: cache.l2Entries * cache.l2EntrySize }));
     const guard = (this.guard = new OverlapGuard({
       file, header: h, clusterSize: g.clusterSize, hasDataFile: g.hasDataFile, tables, refcounts: loadRefcounts,
       snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, corruption,
@@ -116,18 +111,23 @@ export class Qcow2Node extends BlockNode {
       g, header: h, dataFile: this.dataFile, hasBacking: parts.backing !== undefined, mapping, editor, lock, writeback, size,
       ctx: (op, offset, length) => this.ctx(op, offset, length),
     });
+    this.cleaner = new CacheCleaner(cache.cleanInterval, () => {
+      const l2 = tables.cleanUnused();
+      const refcount = refcounts.current?.cleanUnused() ?? 0;
+      this.debugEvent('cache.clean', { l2, refcount });
+    });
   }
 
+  /** Opens the image; invalid cache options fail with QEMU's message (EINVAL). */
   static async open(parts: Qcow2Parts, opts: Qcow2Options = {}): Promise<Qcow2Node> {
     const h = parts.header;
-    const clusterSize = 2 ** h.clusterBits;
-    const l2Entries = clusterSize / ((h.incompatibleFeatures & INCOMPAT.EXTL2) ? 16 : 8);
-    const l2Needed = Math.ceil(h.size / clusterSize / l2Entries) * clusterSize;
-    const cacheBytes = opts.l2CacheSize ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(l2Needed, clusterSize));
+    const g = geometryOf(h, parts.dataFile !== parts.file);
+    const cache = resolveCacheSizes(opts, { clusterSize: g.clusterSize, l2EntryBytes: g.entryBytes, size: parts.snapshot?.diskSize ?? h.size });
     let node: Qcow2Node | undefined;
-    const tables = await Qcow2Tables.load(parts.file, clusterSize, parts.snapshot?.l1TableOffset ?? h.l1TableOffset,
-      parts.snapshot?.l1Size ?? h.l1Size, cacheBytes, (offset) => node?.debugEvent('l2.load', { offset }));
-    node = new Qcow2Node(parts, tables, cacheBytes, opts);
+    const layout = { clusterSize: g.clusterSize, entryBytes: g.entryBytes, sliceBytes: cache.l2EntrySize, cacheEntries: cache.l2Entries };
+    const tables = await Qcow2Tables.load(parts.file, layout, parts.snapshot?.l1TableOffset ?? h.l1TableOffset,
+      parts.snapshot?.l1Size ?? h.l1Size, (offset, length) => node?.debugEvent('l2.load', { offset, length }));
+    node = new Qcow2Node(parts, tables, cache, opts);
     return node;
   }
 
@@ -196,7 +196,7 @@ export class Qcow2Node extends BlockNode {
           else dst.fill(0);
           break;
         case Sub.Compressed:
-          await this.compressed.read(run.view!, run.index!, pos, dst);
+          await this.compressed.read(run.compressed!, pos, dst);
           break;
       }
       done += run.length;
@@ -226,6 +226,7 @@ export class Qcow2Node extends BlockNode {
   }
 
   protected override async _close(): Promise<void> {
+    this.cleaner.stop();
     if (this.readOnly) return;
     await this.lock.run(() => this.writeback.flush());
   }
@@ -259,15 +260,11 @@ export class Qcow2Node extends BlockNode {
         l1Entries: () => this.tables.l1Entries(),
         snapshotL1s: () => this.snapshots.map((s) => ({ offset: s.l1TableOffset, size: s.l1Size })),
         snapshotTable: () => (h.nbSnapshots > 0 ? { offset: h.snapshotsOffset, length: this.snapshotTableLength } : undefined),
-        readTable: (offset) => this.tables.get(offset),
+        readTable: (offset) => this.tables.readForCheck(offset),
         refcounts: await this.refcounts.get(),
         setCopied: async (kind, table, index, copied) => {
           if (kind === 'l1') return this.tables.setL1Copied(index, copied);
-          const t = await this.tables.get(table);
-          const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
-          const at = index * this.g.entryBytes;
-          dv.setUint32(at, copied ? dv.getUint32(at) | 0x80000000 : dv.getUint32(at) & 0x7fffffff);
-          this.tables.markDirty(table, t);
+          await this.tables.setL2Copied(table, index, copied, this.g.entryBytes);
         },
       }, fix);
       if (!this.readOnly) await this.writeback.flush();

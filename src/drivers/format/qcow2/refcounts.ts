@@ -14,14 +14,16 @@ import { TableCache } from './table-cache.js';
  * crash at any moment can leak clusters but never leave a reference to a free one. Freed
  * clusters are not reused before their decrement is on disk.
  */
+/** QEMU's MIN_REFCOUNT_CACHE_SIZE, in blocks. */
+const MIN_REFCOUNT_CACHE_ENTRIES = 4;
+
 export class Refcounts {
   readonly clusterSize: number;
   readonly bits: number;
   /** Entries per refcount block. */
   readonly perBlock: number;
+  /** Refcount blocks by host offset; changed ones stay there, pinned, until written. */
   private readonly cache: TableCache;
-  /** Modified refcount blocks by host offset, pinned until written. */
-  private readonly dirty = new Map<number, Uint8Array>();
   /** Refcount-table entries changed in memory and not yet written. */
   private readonly dirtyTable = new Set<number>();
   /** Host cluster indexes whose refcount drops by one at the next flush. */
@@ -59,14 +61,13 @@ export class Refcounts {
       }
       seen.set(off, i);
     });
-    this.cache = new TableCache(cacheBytes, async (offset) => {
-      // Only blocks on disk load through here; new ones live in `dirty` until written.
+    const entries = Math.max(MIN_REFCOUNT_CACHE_ENTRIES, Math.floor(cacheBytes / this.clusterSize));
+    this.cache = new TableCache(this.clusterSize, entries, async (offset, into) => {
+      // Only blocks on disk load through here; new ones are created dirty and stay until written.
       if (offset + this.clusterSize > this.file.size) {
         throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}' is corrupt: a refcount block at 0x${offset.toString(16)} lies past the end of the file`, { op: 'read', path: this.path });
       }
-      const block = new Uint8Array(this.clusterSize);
-      await this.file.read(offset, block);
-      return block;
+      await this.file.read(offset, into);
     });
   }
 
@@ -97,11 +98,7 @@ export class Refcounts {
     const tableIndex = Math.floor(index / this.perBlock);
     const blockOffset = this.table[tableIndex] ?? 0;
     if (blockOffset === 0) return 0;
-    return readEntry(await this.block(blockOffset), index % this.perBlock, this.bits);
-  }
-
-  private async block(offset: number): Promise<Uint8Array> {
-    return this.dirty.get(offset) ?? this.cache.get(offset);
+    return this.cache.use(blockOffset, (block) => readEntry(block, index % this.perBlock, this.bits));
   }
 
   /** Sets the refcount of cluster `index`, creating its refcount block when there is none. */
@@ -112,9 +109,7 @@ export class Refcounts {
     const tableIndex = Math.floor(index / this.perBlock);
     let blockOffset = this.table[tableIndex] ?? 0;
     if (blockOffset === 0) blockOffset = await this.newBlock(tableIndex, index);
-    const block = await this.block(blockOffset);
-    writeEntry(block, index % this.perBlock, this.bits, value);
-    this.dirty.set(blockOffset, block);
+    writeEntry(await this.cache.modify(blockOffset), index % this.perBlock, this.bits, value);
   }
 
   /**
@@ -129,10 +124,8 @@ export class Refcounts {
     }
     if (tableIndex >= this.table.length) await this.growTable(tableIndex + 1);
     const offset = at * this.clusterSize;
-    const block = new Uint8Array(this.clusterSize);
-    writeEntry(block, at % this.perBlock, this.bits, 1);
+    writeEntry(this.cache.create(offset), at % this.perBlock, this.bits, 1);
     this.table[tableIndex] = offset;
-    this.dirty.set(offset, block);
     this.dirtyTable.add(tableIndex);
     this.version++;
     return offset;
@@ -179,11 +172,12 @@ export class Refcounts {
         i += take;
         continue;
       }
-      const block = await this.block(offset);
-      for (; i < end && run < count; i++) {
-        if (readEntry(block, i % this.perBlock, this.bits) === 0) run++;
-        else [run, start] = [0, i + 1];
-      }
+      await this.cache.use(offset, (block) => {
+        for (; i < end && run < count; i++) {
+          if (readEntry(block, i % this.perBlock, this.bits) === 0) run++;
+          else [run, start] = [0, i + 1];
+        }
+      });
     }
     return start;
   }
@@ -221,7 +215,7 @@ export class Refcounts {
   }
 
   get isDirty(): boolean {
-    return this.dirty.size > 0 || this.dirtyTable.size > 0;
+    return this.cache.dirtyCount > 0 || this.dirtyTable.size > 0;
   }
 
   /**
@@ -230,9 +224,7 @@ export class Refcounts {
    */
   async writeBack(): Promise<boolean> {
     if (!this.isDirty) return false;
-    for (const [offset, block] of this.dirty) await this.file.write(offset, block);
-    for (const [offset, block] of this.dirty) this.cache.put(offset, block);
-    this.dirty.clear();
+    await this.writeBlocks();
     if (this.dirtyTable.size > 0) {
       await this.file.flush();
       const entry = new Uint8Array(8);
@@ -278,7 +270,7 @@ export class Refcounts {
     const entriesPerCluster = this.clusterSize / 8;
     let end = Math.ceil(this.file.size / this.clusterSize);
     for (const off of this.table) if (off) end = Math.max(end, off / this.clusterSize + 1);
-    for (const off of this.dirty.keys()) end = Math.max(end, off / this.clusterSize + 1);
+    for (const [off] of this.cache.dirty()) end = Math.max(end, off / this.clusterSize + 1);
     let entries = Math.max(minEntries, Math.ceil(this.table.length * 1.5));
     let tableClusters = 0;
     let blocks: number[] = [];
@@ -301,14 +293,13 @@ export class Refcounts {
     blocks.forEach((ti, k) => {
       const offset = (end + k) * this.clusterSize;
       table[ti] = offset;
-      this.dirty.set(offset, new Uint8Array(this.clusterSize));
+      this.cache.create(offset);
     });
     this.table.splice(0, this.table.length, ...table);
     const tableStart = end + blocks.length;
     for (let i = end; i < tableStart + tableClusters; i++) await this.set(i, 1);
     // Blocks first, then the new table, then the header that makes it live.
-    for (const [offset, block] of this.dirty) await this.file.write(offset, block);
-    this.dirty.clear();
+    await this.writeBlocks();
     const raw = new Uint8Array(tableClusters * this.clusterSize);
     const dv = new DataView(raw.buffer);
     table.forEach((off, i) => dv.setBigUint64(i * 8, BigInt(off)));
@@ -325,6 +316,20 @@ export class Refcounts {
     this.version++;
     this.dirtyTable.clear();
     this.free(oldOffset, oldClusters);
+  }
+
+  /** Writes the changed refcount blocks; the cache may evict them again afterwards. */
+  private async writeBlocks(): Promise<void> {
+    for (const [offset, block] of this.cache.dirty()) {
+      await this.file.write(offset, block);
+      this.cache.markClean(offset);
+    }
+    this.cache.trim();
+  }
+
+  /** Drops cached blocks nobody used since the last call (cache-clean-interval); returns how many. */
+  cleanUnused(): number {
+    return this.cache.cleanUnused();
   }
 }
 

@@ -32,11 +32,10 @@ export async function resizeQcow2(size: number, p: {
     for (let guestBase = Math.ceil(size / cs) * cs; guestBase < h.size; guestBase += cs) {
       const l2 = tables.l1[Math.floor(guestBase / cs / g.l2Entries)] ?? 0;
       if (l2 === 0) continue;
-      const { table, entry, view } = await editor.entryForWrite(guestBase);
+      const { entry, view } = await editor.entryForWrite(guestBase);
       editor.freeOld(decode(view, entry, 0), view, entry);
       view.dv.setBigUint64(entry * g.entryBytes, 0n);
       if (g.extendedL2) view.dv.setBigUint64(entry * 16 + 8, 0n);
-      editor.commit(guestBase, table);
     }
   }
   const needed = Math.ceil(size / cs / g.l2Entries);

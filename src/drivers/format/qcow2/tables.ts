@@ -4,29 +4,24 @@ import { L1E_OFFSET_MASK, L1E_RESERVED_MASK, OFLAG_COPIED } from './constants.js
 import type { Refcounts } from './refcounts.js';
 import { TableCache } from './table-cache.js';
 
+/** How the L2 tables are cached: in slices of `sliceBytes` (QEMU's l2-cache-entry-size). */
+export interface L2CacheLayout {
+  clusterSize: number;
+  /** Bytes per L2 entry (16 with extended L2). */
+  entryBytes: number;
+  /** A power of two from 512 to the cluster size. */
+  sliceBytes: number;
+  /** Slices the cache keeps. */
+  cacheEntries: number;
+}
+
 /**
- * The L1 table and the L2 tables it points to (spec §6). Changed tables stay in memory, pinned,
- * until writeL2s/writeL1 put them on disk in the order the node's flush decides.
+ * The L1 table and the L2 tables it points to (spec §6). L2 tables are cached in slices, as
+ * QEMU does: with a cache too small for the whole image, a miss reads 4 KiB instead of a whole
+ * cluster. Changed slices stay in the cache, pinned, until writeL2s/writeL1 put them on disk in
+ * the order the node's flush decides.
  */
 export class Qcow2Tables {
-  get l1Offset(): number {
-    return this.l1TableOffset;
-  }
-
-  /**
-   * Moves the L1 table to `offset` with `entries` entries (growing), writing it there first; the
-   * caller then points the header at it. Returns the bytes of the new table.
-   */
-  async moveL1(offset: number, entries: number): Promise<void> {
-    while (this.l1.length < entries) {
-      this.l1.push(0);
-      this.l1Copied.push(false);
-    }
-    this.l1TableOffset = offset;
-    this.l1Dirty = true;
-    await this.writeL1();
-  }
-
   /** L2 table offsets by L1 index (0: none). */
   readonly l1: number[];
   /** The COPIED bit of each L1 entry: the L2 table is ours alone and may change in place. */
@@ -34,32 +29,37 @@ export class Qcow2Tables {
   private l1Dirty = false;
   /** Bumped whenever an L2 table moves or appears (the node's overlap check rebuilds then). */
   version = 0;
+  readonly sliceBytes: number;
+  /** L2 entries per slice. */
+  readonly sliceEntries: number;
+  private readonly clusterSize: number;
   private readonly cache: TableCache;
-  private readonly dirty = new Map<number, Uint8Array>();
 
   private constructor(
     private readonly file: BlockNode,
-    private readonly clusterSize: number,
+    layout: L2CacheLayout,
     private l1TableOffset: number,
     l1: number[],
     l1Copied: boolean[],
-    cacheBytes: number,
-    onLoad: (offset: number) => void,
+    onLoad: (offset: number, length: number) => void,
   ) {
     this.l1 = l1;
     this.l1Copied = l1Copied;
-    this.cache = new TableCache(cacheBytes, async (offset) => {
-      if (offset + clusterSize > file.size) {
-        throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: L2 table at 0x${offset.toString(16)} lies past the end of the file`, { op: 'read', path: file.filename });
+    this.clusterSize = layout.clusterSize;
+    this.sliceBytes = layout.sliceBytes;
+    this.sliceEntries = layout.sliceBytes / layout.entryBytes;
+    const { clusterSize, sliceBytes } = layout;
+    this.cache = new TableCache(sliceBytes, layout.cacheEntries, async (offset, into) => {
+      const table = offset - (offset % clusterSize);
+      if (table + clusterSize > file.size) {
+        throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: L2 table at 0x${table.toString(16)} lies past the end of the file`, { op: 'read', path: file.filename });
       }
-      const table = new Uint8Array(clusterSize);
-      await file.read(offset, table);
-      onLoad(offset);
-      return table;
+      await file.read(offset, into);
+      onLoad(offset, sliceBytes);
     });
   }
 
-  static async load(file: BlockNode, clusterSize: number, l1Offset: number, l1Size: number, cacheBytes: number, onLoad: (offset: number) => void): Promise<Qcow2Tables> {
+  static async load(file: BlockNode, layout: L2CacheLayout, l1Offset: number, l1Size: number, onLoad: (offset: number, length: number) => void): Promise<Qcow2Tables> {
     const path = file.filename;
     const bytes = l1Size * 8;
     if (l1Offset + bytes > file.size) {
@@ -79,31 +79,78 @@ export class Qcow2Tables {
       l1.push(off);
       copied.push((e & OFLAG_COPIED) !== 0n);
     }
-    return new Qcow2Tables(file, clusterSize, l1Offset, l1, copied, cacheBytes, onLoad);
+    return new Qcow2Tables(file, layout, l1Offset, l1, copied, onLoad);
   }
 
-  /** The L2 table at `offset`, as the latest writes left it. */
-  get(offset: number): Promise<Uint8Array> {
-    const d = this.dirty.get(offset);
-    return d ? Promise.resolve(d) : this.cache.get(offset);
+  get l1Offset(): number {
+    return this.l1TableOffset;
   }
 
   /**
-   * The L2 table for L1 entry `index`, ready to be changed: a new one when there is none, a copy
-   * when it is shared with a snapshot (the shared one loses our reference at the next flush).
+   * The slice `slice` of the L2 table at `l2Offset` when it is cached (marked used); valid until
+   * the caller's next await. The read path's fast way: no promise on a hit.
    */
-  async forWrite(index: number, refcounts: Refcounts): Promise<{ offset: number; table: Uint8Array }> {
+  peekSlice(l2Offset: number, slice: number): Uint8Array | undefined {
+    return this.cache.peek(l2Offset + slice * this.sliceBytes);
+  }
+
+  /** Runs `fn` over slice `slice` of the L2 table at `l2Offset`, loading it if needed. */
+  useSlice<T>(l2Offset: number, slice: number, fn: (slice: Uint8Array) => T): Promise<T> {
+    return this.cache.use(l2Offset + slice * this.sliceBytes, fn);
+  }
+
+  /**
+   * Slice `slice` of the L2 table for L1 entry `index`, ready to be changed (and marked dirty,
+   * so it stays at this buffer until written): a new table when there is none, a copy when it is
+   * shared with a snapshot (the shared one loses our reference at the next flush).
+   */
+  async forWrite(index: number, slice: number, refcounts: Refcounts): Promise<Uint8Array> {
     const current = this.l1[index] ?? 0;
-    if (current !== 0 && this.l1Copied[index]) return { offset: current, table: await this.get(current) };
-    const table = current !== 0 ? (await this.get(current)).slice() : new Uint8Array(this.clusterSize);
+    if (current !== 0 && this.l1Copied[index]) return this.cache.modify(current + slice * this.sliceBytes);
+    const count = this.clusterSize / this.sliceBytes;
+    let old: Uint8Array | undefined;
+    if (current !== 0) {
+      // Read before allocating: a table that cannot be read must not leave a new one behind.
+      const copy = (old = new Uint8Array(this.clusterSize));
+      for (let s = 0; s < count; s++) await this.useSlice(current, s, (t) => copy.set(t, s * this.sliceBytes));
+    }
     const offset = await refcounts.allocate(1);
+    // Every slice of the new cluster is written: it may hold anything from an earlier life.
+    const slices: Uint8Array[] = [];
+    for (let s = 0; s < count; s++) {
+      const created = this.cache.create(offset + s * this.sliceBytes);
+      if (old) created.set(old.subarray(s * this.sliceBytes, (s + 1) * this.sliceBytes));
+      slices.push(created);
+    }
     if (current !== 0) refcounts.free(current, 1);
     this.l1[index] = offset;
     this.l1Copied[index] = true;
     this.l1Dirty = true;
     this.version++;
-    this.markDirty(offset, table);
-    return { offset, table };
+    return slices[slice]!;
+  }
+
+  /**
+   * The whole L2 table at `offset` for qemu-img check, as a copy: read from disk (check runs
+   * after a flush), with the slices changed since laid over it. The cached clean slices are
+   * dropped, because check repairs some entries by writing the file directly.
+   */
+  async readForCheck(offset: number): Promise<Uint8Array> {
+    const table = new Uint8Array(this.clusterSize);
+    await this.file.read(offset, table);
+    for (let at = 0; at < this.clusterSize; at += this.sliceBytes) this.cache.drop(offset + at);
+    for (const [key, slice] of this.cache.dirty()) {
+      if (key >= offset && key < offset + this.clusterSize) table.set(slice, key - offset);
+    }
+    return table;
+  }
+
+  /** Sets or clears the COPIED flag of entry `index` of the L2 table at `offset` (check repairs). */
+  async setL2Copied(offset: number, index: number, copied: boolean, entryBytes: number): Promise<void> {
+    const slice = await this.cache.modify(offset + Math.floor(index / this.sliceEntries) * this.sliceBytes);
+    const dv = new DataView(slice.buffer, slice.byteOffset, slice.byteLength);
+    const at = (index % this.sliceEntries) * entryBytes;
+    dv.setUint32(at, copied ? dv.getUint32(at) | 0x80000000 : dv.getUint32(at) & 0x7fffffff);
   }
 
   /** The active L1 entries as they would be written (offset | COPIED). */
@@ -116,20 +163,19 @@ export class Qcow2Tables {
     this.l1Dirty = true;
   }
 
-  markDirty(offset: number, table: Uint8Array): void {
-    this.dirty.set(offset, table);
-  }
-
   get dirtyBytes(): number {
-    return this.dirty.size * this.clusterSize;
+    return this.cache.dirtyCount * this.sliceBytes;
   }
 
-  /** Writes the changed L2 tables; returns whether anything was written. */
+  /** Writes the changed L2 slices; returns whether anything was written. */
   async writeL2s(): Promise<boolean> {
-    if (this.dirty.size === 0) return false;
-    for (const [offset, table] of this.dirty) await this.file.write(offset, table);
-    for (const [offset, table] of this.dirty) this.cache.put(offset, table);
-    this.dirty.clear();
+    const dirty = this.cache.dirty();
+    if (dirty.length === 0) return false;
+    for (const [offset, slice] of dirty) {
+      await this.file.write(offset, slice);
+      this.cache.markClean(offset);
+    }
+    this.cache.trim();
     return true;
   }
 
@@ -142,5 +188,24 @@ export class Qcow2Tables {
     await this.file.write(this.l1TableOffset, raw);
     this.l1Dirty = false;
     return true;
+  }
+
+  /**
+   * Moves the L1 table to `offset` with `entries` entries (growing), writing it there first; the
+   * caller then points the header at it.
+   */
+  async moveL1(offset: number, entries: number): Promise<void> {
+    while (this.l1.length < entries) {
+      this.l1.push(0);
+      this.l1Copied.push(false);
+    }
+    this.l1TableOffset = offset;
+    this.l1Dirty = true;
+    await this.writeL1();
+  }
+
+  /** Drops cached slices nobody used since the last call (cache-clean-interval); returns how many. */
+  cleanUnused(): number {
+    return this.cache.cleanUnused();
   }
 }

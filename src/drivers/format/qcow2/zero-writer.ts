@@ -73,7 +73,7 @@ export class ZeroWriter {
       throw new NotSupportedError('qcow2: zeroing part of a cluster', this.parts.ctx('write-zeroes', guestBase + inCluster, length));
     }
     if (emptyHere && header.version === 2) return;
-    const { table, entry, view } = await editor.entryForWrite(guestBase);
+    const { entry, view } = await editor.entryForWrite(guestBase);
     const old = decode(view, entry, 0);
     let next: bigint;
     if (header.version === 2) {
@@ -89,7 +89,6 @@ export class ZeroWriter {
     }
     if (g.hasDataFile && next !== 0n && old.copied) next |= OFLAG_COPIED;
     view.dv.setBigUint64(entry * 8, next);
-    editor.commit(guestBase, table);
   }
 
   private async zeroSubclusters(guestBase: number, inCluster: number, length: number, mayUnmap: boolean): Promise<void> {
@@ -103,7 +102,7 @@ export class ZeroWriter {
     if (first * ss !== inCluster || (last < 32 && last * ss !== end) || first >= last) {
       throw new NotSupportedError('qcow2: zeroing part of a subcluster', this.parts.ctx('write-zeroes', guestBase + inCluster, length));
     }
-    const { table, entry, view } = await editor.entryForWrite(guestBase);
+    const { entry, view } = await editor.entryForWrite(guestBase);
     const old = decode(view, entry, 0);
     const dv = view.dv;
     const hosted = old.hostCluster !== 0 || (g.hasDataFile && old.copied);
@@ -119,7 +118,6 @@ export class ZeroWriter {
       for (let i = first; i < last; i++) bitmap = (bitmap & ~(1n << BigInt(i))) | (1n << BigInt(i + 32));
       dv.setBigUint64(entry * 16 + 8, bitmap);
     }
-    editor.commit(guestBase, table);
   }
 
   /**
@@ -136,7 +134,7 @@ export class ZeroWriter {
     await lock.run(async () => {
       const cs = g.clusterSize;
       for (let guestBase = offset; guestBase < offset + length; guestBase += cs) {
-        const { table, entry, view } = await editor.entryForWrite(guestBase);
+        const { entry, view } = await editor.entryForWrite(guestBase);
         const old = decode(view, entry, 0);
         const allocated = old.hostCluster !== 0 || old.sub === Sub.Compressed || (g.hasDataFile && old.copied);
         if (!hasBacking && !allocated) continue;
@@ -147,7 +145,6 @@ export class ZeroWriter {
         } else {
           view.dv.setBigUint64(entry * 8, header.version >= 3 ? OFLAG_ZERO : 0n);
         }
-        editor.commit(guestBase, table);
       }
       if (g.hasDataFile) await dataFile.discard(offset, Math.min(length, dataFile.size - offset));
       await writeback.relieveCachePressure();
