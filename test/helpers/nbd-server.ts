@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { lstat } from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import { afterEach } from 'node:test';
 import type { BlockNode } from '../../src/core/block-node.js';
 import { NbdExport, NbdServer, type ExportOptions, type NbdServerOptions } from '../../src/nbd/server/index.js';
@@ -318,11 +319,10 @@ export async function waitForListener(where: { path: string } | { port: number; 
   }
 }
 
-/** A TCP port that was free a moment ago (for servers, like qemu-nbd, that do not report theirs). */
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+/** `vdisk serve -t -k DIR/sN.sock ARGS…`, listening: its nbd+unix URI for the export `name`. */
+export async function serveOnSocket(dir: string, args: readonly string[], name = ''): Promise<{ uri: string; socket: string; proc: ServeProcess }> {
+  const socket = path.join(dir, `vdisk-${++serial}.sock`);
+  const proc = spawnServe(['-t', '-k', socket, ...args]);
+  await waitForListener({ path: socket }, proc);
+  return { uri: `nbd+unix:///${encodeURIComponent(name)}?socket=${socket}`, socket, proc };
 }
