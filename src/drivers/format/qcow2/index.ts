@@ -159,6 +159,7 @@ export const qcow2Driver: DriverDef = {
         nodeName: stringOption(spec, 'node-name'),
         readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly,
         ...cacheOptions(spec),
+        lazyRefcounts: boolOption(spec, 'lazy-refcounts'),
       });
       // Lazy refcounts left dirty by a crash: repair them before anything is written, as QEMU does.
       if (!node.readOnly && node.dirty && !checking) await repairDirty(node);

@@ -1,4 +1,5 @@
 import { entryView, type Qcow2Geometry } from './geometry.js';
+import type { LazyRefcounts } from './lazy-refcounts.js';
 import { compressedRange, Sub, type Decoded, type EntryView } from './l2-entry.js';
 import type { RefcountLoader } from './refcounts.js';
 import type { Qcow2Tables } from './tables.js';
@@ -19,6 +20,7 @@ export class L2Editor {
     private readonly g: Qcow2Geometry,
     private readonly tables: Qcow2Tables,
     private readonly refcounts: RefcountLoader,
+    private readonly lazy: LazyRefcounts,
   ) {}
 
   /**
@@ -26,6 +28,7 @@ export class L2Editor {
    * stays at this buffer until the next writeback, so the caller may change it across awaits.
    */
   async entryForWrite(guest: number): Promise<WritableEntry> {
+    await this.lazy.beforeMetadataChange();
     const clusterIndex = Math.floor(guest / this.g.clusterSize);
     const l2Index = clusterIndex % this.g.l2Entries;
     const sliceEntries = this.tables.sliceEntries;

@@ -1,4 +1,5 @@
 import type { BlockNode } from '../../../core/block-node.js';
+import type { LazyRefcounts } from './lazy-refcounts.js';
 import type { RefcountLoader } from './refcounts.js';
 import type { Qcow2Tables } from './tables.js';
 
@@ -6,7 +7,8 @@ import type { Qcow2Tables } from './tables.js';
  * Puts changed metadata on disk in the order that keeps every crash harmless (QEMU's cache
  * dependencies): guest data, then refcount increments, then L2 tables, then L1; only then the
  * frees, whose clusters can be reused and punched once nothing on disk points at them.
- * Callers hold the metadata lock.
+ * With lazy refcounts on a dirty image the increments go last instead, without a flush of
+ * their own before the tables. Callers hold the metadata lock.
  */
 export class MetadataWriteback {
   /** Guest data written since the last flush (it must be stable before tables point at it). */
@@ -19,6 +21,7 @@ export class MetadataWriteback {
     dataFile: BlockNode;
     tables: Qcow2Tables;
     refcounts: RefcountLoader;
+    lazy: LazyRefcounts;
     clusterSize: number;
     /** Dirty L2 tables are pinned in memory; past this many bytes they go to disk. */
     l2CacheBytes: number;
@@ -46,9 +49,11 @@ export class MetadataWriteback {
       this.dataWritten = false;
     }
     const refcounts = this.parts.refcounts.current;
-    if (refcounts && (await refcounts.writeBack())) await file.flush();
+    const accurate = this.parts.lazy.accurate;
+    if (accurate && refcounts && (await refcounts.writeBack())) await file.flush();
     if (await tables.writeL2s()) await file.flush();
     if (await tables.writeL1()) await file.flush();
+    if (!accurate && refcounts) await refcounts.writeBack();
     if (refcounts?.hasPendingFrees) {
       // An in-place write that mapped a cluster before it was freed must land before the cluster
       // can be handed out again.

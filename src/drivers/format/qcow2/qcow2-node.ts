@@ -7,13 +7,14 @@ import { CacheCleaner } from './cache-cleaner.js';
 import { resolveCacheSizes, type CacheOptions, type CacheSizes } from './cache-options.js';
 import { CompressedReader } from './compressed-reader.js';
 import type { CompressionType } from './compression.js';
-import { INCOMPAT } from './constants.js';
+import { COMPAT, INCOMPAT } from './constants.js';
 import { DataWriter } from './data-writer.js';
 import { geometryOf, type Qcow2Geometry } from './geometry.js';
 import type { Qcow2Header } from './header.js';
 import { writeFeatureField } from './header-update.js';
 import { L2Editor } from './l2-editor.js';
 import { Sub } from './l2-entry.js';
+import { LazyRefcounts } from './lazy-refcounts.js';
 import { Qcow2Mapping } from './mapping.js';
 import { MetadataLock } from './metadata-lock.js';
 import { MetadataWriteback } from './metadata-writeback.js';
@@ -24,8 +25,11 @@ import { snapshotInfoJson, snapshotTableHuman, type Qcow2Snapshot } from './snap
 import { Qcow2Tables } from './tables.js';
 import { ZeroWriter } from './zero-writer.js';
 
-/** Node options plus QEMU's qcow2 cache options (see cache-options.ts). */
-export interface Qcow2Options extends NodeOptions, CacheOptions {}
+/** Node options plus QEMU's qcow2 runtime options. */
+export interface Qcow2Options extends NodeOptions, CacheOptions {
+  /** QEMU's lazy-refcounts option; by default what the header's compatible bit says. */
+  lazyRefcounts?: boolean | undefined;
+}
 
 export interface Qcow2Parts {
   file: BlockNode;
@@ -68,8 +72,9 @@ export class Qcow2Node extends BlockNode {
   private readonly dataWriter: DataWriter;
   private readonly zeroWriter: ZeroWriter;
   private readonly cleaner: CacheCleaner;
+  private readonly lazy: LazyRefcounts;
 
-  private constructor(parts: Qcow2Parts, tables: Qcow2Tables, cache: CacheSizes, opts: Qcow2Options) {
+  private constructor(parts: Qcow2Parts, tables: Qcow2Tables, settings: { cache: CacheSizes; lazyRefcounts: boolean }, opts: Qcow2Options) {
     // A snapshot is a past state: it opens read-only, as qemu-img's -l does.
     super({ ...opts, readOnly: (opts.readOnly ?? false) || parts.snapshot !== undefined });
     const h = parts.header;
@@ -89,19 +94,21 @@ export class Qcow2Node extends BlockNode {
     // Zero writes and discards work on whole clusters (subclusters for zeroing with extended L2).
     this.limits = { ...this.limits, optTransfer: g.clusterSize, zeroAlignment: g.subclusterSize, discardAlignment: g.clusterSize };
 
+    const cache = settings.cache;
     const corruption = (what: string) => this.corruption(what);
     const size = () => this.size;
     const refcounts = (this.refcounts = new RefcountLoader(file, h, file.filename, cache.refcountEntries * g.clusterSize));
     const loadRefcounts = () => refcounts.get();
+    const lazy = (this.lazy = new LazyRefcounts(file, h, settings.lazyRefcounts));
     const mapping = (this.mapping = new Qcow2Mapping(g, tables, corruption));
     this.status = new Qcow2BlockStatus(mapping, { file, dataFile: this.dataFile, backing: parts.backing, clusterSize: g.clusterSize, refcounts: loadRefcounts });
     this.compressed = new CompressedReader(file, parts.compression, g.clusterSize, corruption);
-    const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, clusterSize: g.clusterSize, l2CacheBytes: cache.l2Entries * cache.l2EntrySize }));
+    const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, lazy, clusterSize: g.clusterSize, l2CacheBytes: cache.l2Entries * cache.l2EntrySize }));
     const guard = (this.guard = new OverlapGuard({
       file, header: h, clusterSize: g.clusterSize, hasDataFile: g.hasDataFile, tables, refcounts: loadRefcounts,
       snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, corruption,
     }));
-    const editor = (this.editor = new L2Editor(g, tables, refcounts));
+    const editor = (this.editor = new L2Editor(g, tables, refcounts, lazy));
     const lock = this.lock;
     this.dataWriter = new DataWriter({
       g, file, dataFile: this.dataFile, mapping, editor, lock, writeback, guard, refcounts,
@@ -118,16 +125,17 @@ export class Qcow2Node extends BlockNode {
     });
   }
 
-  /** Opens the image; invalid cache options fail with QEMU's message (EINVAL). */
+  /** Opens the image; invalid runtime options fail with QEMU's message (EINVAL). */
   static async open(parts: Qcow2Parts, opts: Qcow2Options = {}): Promise<Qcow2Node> {
     const h = parts.header;
     const g = geometryOf(h, parts.dataFile !== parts.file);
     const cache = resolveCacheSizes(opts, { clusterSize: g.clusterSize, l2EntryBytes: g.entryBytes, size: parts.snapshot?.diskSize ?? h.size });
+    const lazyRefcounts = lazyRefcountsWanted(h, opts);
     let node: Qcow2Node | undefined;
     const layout = { clusterSize: g.clusterSize, entryBytes: g.entryBytes, sliceBytes: cache.l2EntrySize, cacheEntries: cache.l2Entries };
     const tables = await Qcow2Tables.load(parts.file, layout, parts.snapshot?.l1TableOffset ?? h.l1TableOffset,
       parts.snapshot?.l1Size ?? h.l1Size, (offset, length) => node?.debugEvent('l2.load', { offset, length }));
-    node = new Qcow2Node(parts, tables, cache, opts);
+    node = new Qcow2Node(parts, tables, { cache, lazyRefcounts }, opts);
     return node;
   }
 
@@ -228,7 +236,10 @@ export class Qcow2Node extends BlockNode {
   protected override async _close(): Promise<void> {
     this.cleaner.stop();
     if (this.readOnly) return;
-    await this.lock.run(() => this.writeback.flush());
+    await this.lock.run(async () => {
+      await this.writeback.flush();
+      await this.lazy.afterCleanFlush();
+    });
   }
 
   protected override async _resize(size: number): Promise<void> {
@@ -286,6 +297,15 @@ export class Qcow2Node extends BlockNode {
   private corruption(what: string): BlockError {
     return new BlockError('E_CORRUPT', `qcow2 image '${this.filename}' is corrupt: ${what}`, this.ctx('read'));
   }
+}
+
+/** Whether to use lazy refcounts; v2 images have no dirty bit, so they cannot. */
+function lazyRefcountsWanted(h: Qcow2Header, opts: Qcow2Options): boolean {
+  const wanted = opts.lazyRefcounts ?? (h.compatibleFeatures & COMPAT.LAZY_REFCOUNTS) !== 0n;
+  if (wanted && h.version < 3) {
+    throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level', { op: 'open' });
+  }
+  return wanted;
 }
 
 /** Host reads past the end of the host file read zeros, as QEMU's block layer makes them. */
