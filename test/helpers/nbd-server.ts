@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { lstat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { afterEach } from 'node:test';
 import type { BlockNode } from '../../src/core/block-node.js';
 import { NbdExport, NbdServer, type ExportOptions, type NbdServerOptions } from '../../src/nbd/server/index.js';
@@ -98,19 +99,36 @@ export class RawClient {
   private buffered = Buffer.alloc(0);
   private waiting: (() => void) | undefined;
   private ended = false;
-  readonly socket: net.Socket;
+  socket: net.Socket;
+  private readonly onData = (d: Buffer) => {
+    this.buffered = Buffer.concat([this.buffered, d]);
+    this.waiting?.();
+  };
+  private readonly onEnd = () => {
+    this.ended = true;
+    this.waiting?.();
+  };
 
   private constructor(socket: net.Socket) {
     this.socket = socket;
-    socket.on('data', (d: Buffer) => {
-      this.buffered = Buffer.concat([this.buffered, d]);
-      this.waiting?.();
+    this.listen(socket);
+  }
+
+  private listen(socket: net.Socket): void {
+    socket.on('data', this.onData).on('end', this.onEnd).on('close', this.onEnd).on('error', this.onEnd);
+  }
+
+  /** After the server's ACK to STARTTLS: the TLS handshake on the same socket (rejects when refused). */
+  async startTls(options: tls.ConnectionOptions): Promise<void> {
+    const raw = this.socket;
+    raw.off('data', this.onData).off('end', this.onEnd).off('close', this.onEnd).off('error', this.onEnd);
+    const secure = tls.connect({ ...options, socket: raw });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
     });
-    const end = () => {
-      this.ended = true;
-      this.waiting?.();
-    };
-    socket.on('end', end).on('close', end).on('error', end);
+    this.socket = secure;
+    this.listen(secure);
   }
 
   static connect(socketPath: string): Promise<RawClient> {

@@ -161,26 +161,35 @@ export class NbdConnection implements HandshakeIo {
     if (!this.socket.destroyed) this.socket.write(data);
   }
 
+  /**
+   * Hands the socket to a tls.Server, the documented way to upgrade an accepted socket: it runs
+   * the handshake and the peer verification (verify-peer), and yields the secure socket.
+   */
   async startTls(): Promise<void> {
     // The client waits for our ACK before its TLS hello: anything already here broke the protocol.
     if (this.queue.length > 0) throw new ProtocolError('data sent before the TLS handshake');
+    // No await from here to the hand-over, so no byte of the client's hello is read without us.
     const raw = this.socket;
     this.detach(raw);
-    const secure = new tls.TLSSocket(raw, this.host.tls!.socketOptions);
-    this.socket = secure;
-    this.attach(secure);
-    await new Promise<void>((resolve, reject) => {
-      const failed = (err?: Error) => reject(new ProtocolError(`TLS handshake failed${err ? `: ${err.message}` : ''}`));
-      secure.once('secure', () => {
-        secure.off('close', failed);
-        // A client certificate that does not verify: refused, as qemu-nbd's verify-peer does.
-        if (secure.authorized === false && (this.host.tls!.socketOptions.rejectUnauthorized ?? false)) {
-          reject(new ProtocolError(`TLS client not authorized: ${String(secure.authorizationError)}`));
-        } else resolve();
+    const tlsServer = tls.createServer(this.host.tls!.serverOptions);
+    this.socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const failed = (err?: Error) => {
+        const message = `TLS handshake failed${err ? `: ${err.message}` : ''}`;
+        this.host.log(`dropping client: ${message}`);
+        raw.destroy();
+        // Our listeners are off the raw socket now: its end is reported here.
+        this.socketGone();
+        reject(new ProtocolError(message));
+      };
+      raw.once('close', failed);
+      tlsServer.once('tlsClientError', failed);
+      tlsServer.once('secureConnection', (secure: tls.TLSSocket) => {
+        raw.off('close', failed);
+        resolve(secure);
       });
-      secure.once('close', failed);
-      secure.once('error', failed);
+      tlsServer.emit('connection', raw);
     });
+    this.attach(this.socket);
   }
 
   // ---- socket events ----------------------------------------------------------------------------

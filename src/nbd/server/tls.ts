@@ -10,8 +10,8 @@ import { BlockError } from '../../core/errors.js';
  */
 export interface TlsCredentials {
   readonly kind: 'x509' | 'psk';
-  /** Options for the server end of a TLSSocket wrapped around the client's socket. */
-  readonly socketOptions: tls.TLSSocketOptions;
+  /** Options of the tls.Server that takes over a client's socket at STARTTLS. */
+  readonly serverOptions: tls.TlsOptions;
 }
 
 async function readCredFile(dir: string, name: string, what: string): Promise<Buffer> {
@@ -33,13 +33,14 @@ export async function loadX509Credentials(dir: string, opts: { verifyPeer?: bool
   const ca = await readCredFile(dir, 'ca-cert.pem', 'CA certificate');
   const cert = await readCredFile(dir, 'server-cert.pem', 'server certificate');
   const key = await readCredFile(dir, 'server-key.pem', 'server key');
-  let secureContext: tls.SecureContext;
+  const serverOptions: tls.TlsOptions = { ca, cert, key, minVersion: 'TLSv1.2', requestCert: verifyPeer, rejectUnauthorized: verifyPeer };
   try {
-    secureContext = tls.createSecureContext({ ca, cert, key, minVersion: 'TLSv1.2' });
+    // Built here once so that bad PEM or a key that does not match fails at start-up, not per client.
+    tls.createSecureContext(serverOptions);
   } catch (err) {
     throw new BlockError('EINVAL', `Invalid TLS credentials in '${dir}': ${(err as Error).message}`, { op: 'tls', path: dir }, { cause: err });
   }
-  return { kind: 'x509', socketOptions: { isServer: true, secureContext, requestCert: verifyPeer, rejectUnauthorized: verifyPeer } };
+  return { kind: 'x509', serverOptions };
 }
 
 /** The keys of a keys.psk file by username. Bad lines are errors, not skipped: a typo must not lock everyone out silently. */
@@ -63,12 +64,11 @@ export async function loadPskCredentials(dir: string): Promise<TlsCredentials> {
   const keys = parsePskFile((await readCredFile(dir, 'keys.psk', 'PSK file')).toString('utf8'), file);
   return {
     kind: 'psk',
-    socketOptions: {
-      isServer: true,
+    serverOptions: {
       minVersion: 'TLSv1.2',
       // PSK suites are off by default in OpenSSL's list; TLS 1.3 suites work with PSK as they are.
       ciphers: 'ECDHE-PSK:DHE-PSK:PSK',
       pskCallback: (_socket: tls.TLSSocket, identity: string) => keys.get(identity) ?? null,
-    } as tls.TLSSocketOptions,
+    },
   };
 }
