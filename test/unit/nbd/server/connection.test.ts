@@ -6,6 +6,9 @@ import { NBD_CMD_DISC, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, encodeRequest
 import type { NbdServer } from '../../../../src/nbd/server/index.js';
 import { pattern } from '../../../helpers/bytes.js';
 import { RawClient, ServerFixture } from '../../../helpers/nbd-server.js';
+import { vdisk } from '../../../helpers/cli.js';
+import { makeTmpDir } from '../../../helpers/tmp.js';
+import { open } from '../../../../src/registry/index.js';
 import { RecordingNode } from '../../../helpers/test-nodes.js';
 
 /*
@@ -102,6 +105,37 @@ it('hundreds of clients dropping mid-request leave the server up and the image a
   const c = await connect();
   c.request({ type: NBD_CMD_WRITE, cookie: 5n, offset: 0n }, pattern(4096, 9));
   assert.deepEqual(await c.reply(), { simple: true, error: 0, cookie: 5n });
+});
+
+it('a qcow2 image served to clients that write and vanish mid-request checks clean afterwards', async () => {
+  const tmp = await makeTmpDir();
+  try {
+    const file = tmp.path('d.qcow2');
+    assert.equal((await vdisk(['create', '-q', '-f', 'qcow2', file, '16M'])).code, 0);
+    const node = await open(file);
+    await fx.start([{ node }]);
+    await Promise.all(Array.from({ length: 100 }, async (_, i) => {
+      const c = await RawClient.connect(fx.socketPath);
+      try {
+        await c.negotiate('', { structured: false });
+        // Whole writes that allocate clusters, then one cut short, then gone.
+        for (let j = 0; j < 3; j++) c.request({ type: NBD_CMD_WRITE, cookie: BigInt(j), offset: BigInt(((i * 3 + j) % 256) * 65536) }, pattern(65536, i + j));
+        c.write(encodeRequest({ flags: 0, type: NBD_CMD_WRITE, cookie: 9n, offset: BigInt(i * 4096), length: 65536 }));
+        c.write(pattern(30000, 1));
+        if (i % 2) await c.reply();
+      } finally {
+        c.close();
+      }
+    }));
+    await until(() => fx.server.stats().connections.length === 0);
+    await fx.server.close();
+    await node.close();
+    const check = await vdisk(['check', file]);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    assert.match(check.stdout, /No errors were found on the image/);
+  } finally {
+    await tmp.cleanup();
+  }
 });
 
 describe('orderly ends', () => {
