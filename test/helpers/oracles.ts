@@ -15,8 +15,9 @@ export function haveTool(name: string): boolean {
     try {
       execFileSync(name, ['--version'], { stdio: 'ignore' });
       ok = true;
-    } catch {
-      ok = false;
+    } catch (err) {
+      // Present but without --version (openssl exits 1 on it): only "not found" means missing.
+      ok = (err as NodeJS.ErrnoException).code !== 'ENOENT';
     }
     known.set(name, ok);
   }
@@ -27,7 +28,7 @@ export function haveTool(name: string): boolean {
 export function needTools(t: TestContext, ...names: string[]): boolean {
   const missing = names.filter((n) => !haveTool(n));
   if (missing.length === 0) return true;
-  const why = `needs ${missing.join(', ')} (Debian: qemu-utils nbdkit libnbd-bin fio)`;
+  const why = `needs ${missing.join(', ')} (Debian: qemu-utils nbdkit libnbd-bin fio openssl)`;
   if (process.env.VDISK_REQUIRE_ORACLES === '1') throw new Error(`${why}, and VDISK_REQUIRE_ORACLES=1`);
   t.skip(why);
   return false;

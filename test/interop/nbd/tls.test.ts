@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { spawnServe, waitForListener, type ServeProcess } from '../../helpers/nbd-server.js';
-import { needTools, run, runOk } from '../../helpers/oracles.js';
+import { haveTool, needTools, run, runOk } from '../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
 import { freePort } from '../drivers/nbd/servers.js';
 
@@ -26,16 +25,6 @@ before(async () => {
   await runOk('truncate', ['-s', String(SIZE), image]);
 });
 after(() => tmp.cleanup());
-
-/** openssl has no --version, which is how needTools looks for a tool. */
-function haveOpenssl(): boolean {
-  try {
-    execFileSync('openssl', ['version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A CA and a certificate it signs, as QEMU wants them (key usages, SAN for the server). */
 async function makeCa(dir: string, name: string): Promise<void> {
@@ -74,7 +63,7 @@ describe('x509', () => {
   let foreignDir: string;
 
   before(async () => {
-    if (!haveOpenssl()) return;
+    if (!haveTool('openssl')) return;
     const ca = tmp.path('ca');
     await makeCa(ca, 'vdisk test CA');
     serverDir = await credDir(ca, tmp.path('server'), ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']);
@@ -88,11 +77,7 @@ describe('x509', () => {
   });
 
   it('qemu-img and nbdinfo connect with certificates; everyone else is refused', async (t: TestContext) => {
-    if (!needTools(t, 'qemu-img', 'nbdinfo')) return;
-    if (!haveOpenssl()) {
-      if (process.env.VDISK_REQUIRE_ORACLES === '1') throw new Error('needs openssl, and VDISK_REQUIRE_ORACLES=1');
-      return t.skip('needs openssl');
-    }
+    if (!needTools(t, 'qemu-img', 'nbdinfo', 'openssl')) return;
     const { port, proc } = await serveTls(`tls-creds-x509,id=tls0,endpoint=server,dir=${serverDir}`);
     try {
       const info = await runOk('qemu-img', ['info', '--output=json', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${clientDir}`,
