@@ -268,18 +268,25 @@ export class NbdConnection {
     else p.resolve(p.extents ? { extents: p.extents } : {});
     if (p.shutdown && !this.refusing) {
       // NBD_ESHUTDOWN asks the client to disconnect: nothing new is sent, pending requests finish.
+      // The owner hears of it now, before the failed request's handlers run, so it can reconnect.
       this.refusing = new BlockError('ESHUTDOWN', `${this.opts.describe}: the server is shutting down`, { path: this.opts.describe });
-      void this.close().then(() => this.opts.onLost?.(this.refusing!));
+      this.opts.onLost?.(this.refusing);
+      void this.close();
     }
     if (this.pending.size === 0) this.drained?.();
   }
 
   private serverError(p: Pending, nbdError: number, message: string): BlockError {
-    if (nbdError === NBD_ESHUTDOWN) p.shutdown = true;
     const code = blockCodeFor(nbdError);
     const name = NBD_ERRNO_NAMES[nbdError] ?? `error ${nbdError}`;
     const words = message || STRERROR[name] || name;
-    return this.error(p, code, `${words} (${name})`);
+    const err = this.error(p, code, `${words} (${name})`);
+    if (nbdError === NBD_ESHUTDOWN) {
+      // The server refused the request because it is going away: nothing was done, so it may be sent again.
+      p.shutdown = true;
+      losses.add(err);
+    }
+    return err;
   }
 
   private error(p: Pending, code: BlockErrorCode, what: string, cause?: unknown): BlockError {

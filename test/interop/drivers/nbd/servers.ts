@@ -10,7 +10,9 @@ export interface Server {
   readonly uri: string;
   readonly socket: string;
   readonly process: ChildProcess;
-  stop(): Promise<void>;
+  /** What the server wrote to stderr so far (nbdkit -v logs each request there). */
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** Tries to connect until the server answers; a server that never comes up fails the test instead of hanging it. */
@@ -41,11 +43,22 @@ async function start(cmd: string, args: string[], socket: string, uri: string, t
   }
   return {
     uri, socket, process: child,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    output: () => err,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       await exited;
     },
   };
+}
+
+/** Runs `fn` with the server up, and stops it afterwards whatever happens. */
+export async function withServer<T>(starting: Promise<Server>, fn: (server: Server) => Promise<T>): Promise<T> {
+  const server = await starting;
+  try {
+    return await fn(server);
+  } finally {
+    await server.stop();
+  }
 }
 
 /** `qemu-nbd -k SOCKET -x NAME -t [extra…] IMAGE`. */
