@@ -21,6 +21,14 @@ export function isConnectionLoss(err: unknown): boolean {
   return err instanceof Error && losses.has(err);
 }
 
+/** Whether any two of the [start, end) pairs overlap. */
+function overlaps(ranges: number[]): boolean {
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < ranges.length; i += 2) if (ranges[i]! < ranges[i + 1]!) pairs.push([ranges[i]!, ranges[i + 1]!]);
+  pairs.sort((a, b) => a[0] - b[0]);
+  return pairs.some((r, i) => i > 0 && r[0] < pairs[i - 1]![1]);
+}
+
 /** A reply that breaks the protocol: the stream cannot be trusted any more. Internal to the reply loop. */
 class ProtocolViolation extends Error {}
 
@@ -44,6 +52,8 @@ interface Pending extends Command {
   cookie: bigint;
   /** READ: bytes covered by data and hole chunks so far. */
   covered: number;
+  /** READ: [start, end, …] of the chunks, once one arrived out of order. */
+  ranges?: number[];
   extents?: Map<number, Uint32Array>;
   /** The first failure reported for this request; the reply still runs to its DONE chunk. */
   error?: BlockError;
@@ -196,58 +206,63 @@ export class NbdConnection {
     this.finish(p);
   }
 
-  /** Handles one chunk's payload; a malformed chunk fails its request, an unknown type the connection. */
+  /**
+   * Handles one chunk's payload. A chunk whose length breaks the rules (too long for its request
+   * or type) ends the connection, since skipping it would mean trusting that length; a chunk
+   * of sane length with bad contents fails only its request.
+   */
   private async chunk(p: Pending, type: number, length: number): Promise<void> {
     const reader = this.wire.reader;
-    const refuse = async (why: string): Promise<void> => {
-      p.error ??= this.error(p, 'EIO', `the server sent ${why}`);
-      await reader.skip(length);
-    };
+    const failRequest = (why: string): void => void (p.error ??= this.error(p, 'EIO', `the server sent ${why}`));
     if (type === NBD_REPLY_TYPE_NONE) {
       if (length !== 0) throw new ProtocolViolation(`an NBD_REPLY_TYPE_NONE chunk of ${length} bytes`);
       return;
     }
     if (type & NBD_REPLY_TYPE_FLAG_ERROR) {
-      if (length > MAX_ERROR_PAYLOAD) return refuse(`an error chunk of ${length} bytes`);
+      if (length > MAX_ERROR_PAYLOAD) throw new ProtocolViolation(`an error chunk of ${length} bytes`);
       const e = decodeError(type, await reader.read(length));
-      if (typeof e === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${e}`));
+      if (typeof e === 'string') return failRequest(e);
       // An error of 0 is no error at all: the request still failed, cause unknown.
       p.error ??= this.serverError(p, e.error || 5, e.message);
       return;
     }
     if (type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE) {
       if (p.type !== NBD_CMD_READ) throw new ProtocolViolation(`read data in the reply to ${COMMAND_NAMES[p.type]}`);
+      const data = type === NBD_REPLY_TYPE_OFFSET_DATA;
+      if (data ? length < 9 || length - 8 > p.length : length !== 12) {
+        throw new ProtocolViolation(`an ${data ? 'OFFSET_DATA' : 'OFFSET_HOLE'} chunk of ${length} bytes for a read of ${p.length}`);
+      }
       let at: bigint;
       let size: number;
-      if (type === NBD_REPLY_TYPE_OFFSET_DATA) {
-        if (length < 9) throw new ProtocolViolation(`an OFFSET_DATA chunk of ${length} bytes`);
-        at = (await reader.read(8)).readBigUInt64BE(0);
-        size = length - 8;
-      } else {
-        if (length !== 12) throw new ProtocolViolation(`an OFFSET_HOLE chunk of ${length} bytes`);
+      if (data) [at, size] = [(await reader.read(8)).readBigUInt64BE(0), length - 8];
+      else {
         const hole = decodeHole(await reader.read(12));
-        if (typeof hole === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${hole}`));
-        [at, size, length] = [hole.offset, hole.size, 0];
+        if (typeof hole === 'string') return failRequest(hole);
+        [at, size] = [hole.offset, hole.size];
       }
       const rel = Number(at - BigInt(p.offset));
-      if (at < BigInt(p.offset) || rel + size > p.length || p.covered + size > p.length) {
-        p.error ??= this.error(p, 'EIO', `the server sent read data for ${size} bytes at ${at}, outside the request or twice`);
-        if (type === NBD_REPLY_TYPE_OFFSET_DATA) await reader.skip(size);
-        return;
+      if (at < BigInt(p.offset) || rel + size > p.length) {
+        throw new ProtocolViolation(`read data for ${size} bytes at ${at}, outside the request (${p.length} bytes at ${p.offset})`);
       }
-      if (type === NBD_REPLY_TYPE_OFFSET_DATA) await reader.readInto(p.into!.subarray(rel, rel + size));
+      if (data) await reader.readInto(p.into!.subarray(rel, rel + size));
       else p.into!.fill(0, rel, rel + size);
-      p.covered += size;
+      // Chunks come in any order but may not overlap: in order is the common case and costs
+      // nothing; others are kept and checked when the reply is complete.
+      if (rel === p.covered && !p.ranges) p.covered += size;
+      else {
+        (p.ranges ??= [0, p.covered]).push(rel, rel + size);
+        p.covered += size;
+      }
       return;
     }
     if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
       if (p.type !== NBD_CMD_BLOCK_STATUS) throw new ProtocolViolation(`block status in the reply to ${COMMAND_NAMES[p.type]}`);
-      if (length > MAX_STATUS_PAYLOAD) return refuse(`a BLOCK_STATUS chunk of ${length} bytes`);
+      if (length > MAX_STATUS_PAYLOAD) throw new ProtocolViolation(`a BLOCK_STATUS chunk of ${length} bytes`);
       const status = decodeBlockStatus(await reader.read(length));
-      if (typeof status === 'string') return void (p.error ??= this.error(p, 'EIO', `the server sent ${status}`));
-      if (!this.info.contexts.has(status.contextId)) return void (p.error ??= this.error(p, 'EIO', `the server sent block status for unknown context ${status.contextId}`));
+      if (typeof status === 'string') return failRequest(status);
+      if (!this.info.contexts.has(status.contextId)) return failRequest(`block status for unknown context ${status.contextId}`);
       p.extents ??= new Map();
-      if (p.extents.has(status.contextId)) return void (p.error ??= this.error(p, 'EIO', 'the server sent block status for one context twice'));
+      if (p.extents.has(status.contextId)) return failRequest('block status for one context twice');
       p.extents.set(status.contextId, status.extents);
       return;
     }
@@ -258,8 +273,8 @@ export class NbdConnection {
   private finish(p: Pending): void {
     this.pending.delete(p.cookie);
     clearTimeout(p.timer);
-    if (!p.error && p.type === NBD_CMD_READ && p.covered !== p.length) {
-      p.error = this.error(p, 'EIO', `the server's read reply covered ${p.covered} of ${p.length} bytes`);
+    if (!p.error && p.type === NBD_CMD_READ && (p.covered !== p.length || (p.ranges && overlaps(p.ranges)))) {
+      p.error = this.error(p, 'EIO', `the server's read reply covered ${p.covered} of ${p.length} bytes, or some twice`);
     }
     if (!p.error && p.type === NBD_CMD_BLOCK_STATUS && (p.extents?.size ?? 0) !== this.info.contexts.size) {
       p.error = this.error(p, 'EIO', `the server sent block status for ${p.extents?.size ?? 0} of ${this.info.contexts.size} contexts`);
