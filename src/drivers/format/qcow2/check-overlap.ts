@@ -33,11 +33,16 @@ export class RepairGuard {
   overlap(offset: number, length: number, own?: Metadata): Metadata | undefined {
     const map = (this.map ??= this.build());
     const cs = this.ctx.cs;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / cs);
+    const kinds: Metadata[] = [];
+    for (let c = first; c <= last; c++) kinds.push(...(map.get(c) ?? []));
+    // The snapshots' L1 tables as ranges: a damaged entry may claim gigabytes of them.
+    const inactive = this.snapshotL1s().some((s) => s.size > 0 && s.offset < (last + 1) * cs && s.offset + s.size * 8 > first * cs);
+    if (inactive) kinds.push('inactive L1 table');
     let found: Metadata | undefined;
-    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + Math.max(length, 1) - 1) / cs); c++) {
-      for (const kind of map.get(c) ?? []) {
-        if (kind !== own && (found === undefined || ORDER.indexOf(kind) < ORDER.indexOf(found))) found = kind;
-      }
+    for (const kind of kinds) {
+      if (kind !== own && (found === undefined || ORDER.indexOf(kind) < ORDER.indexOf(found))) found = kind;
     }
     return found;
   }
@@ -86,7 +91,6 @@ export class RepairGuard {
     mark(reftable.offset, reftable.clusters * cs, 'refcount table');
     const snapshotTable = t.snapshotTable();
     if (snapshotTable) mark(snapshotTable.offset, snapshotTable.length, 'snapshot table');
-    for (const s of this.snapshotL1s()) mark(s.offset, s.size * 8, 'inactive L1 table');
     for (const e of t.l1Entries()) {
       const l2 = Number(e & L1E_OFFSET_MASK);
       if (l2) mark(l2, cs, 'active L2 table');

@@ -3,14 +3,14 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
 import { boolOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
-import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
+import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { writeFeatureField } from './header-update.js';
 import { Qcow2Node } from './qcow2-node.js';
 import { cacheOptions } from './runtime-options.js';
 import { createQcow2 } from './create.js';
 import { QCOW2_CREATE_OPTIONS } from './create-options.js';
-import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, type Qcow2Snapshot } from './snapshots.js';
+import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, snapshotL1Problem, type Qcow2Snapshot } from './snapshots.js';
 
 /** The fixed part of a snapshot table entry (spec §8). */
 const ENTRY_FIXED = 40;
@@ -62,15 +62,21 @@ async function readSnapshots(file: BlockNode, h: Qcow2Header): Promise<{ snapsho
     table.set(c, at);
     at += c.byteLength;
   }
-  const snapshots = parseSnapshotTable(table, h.nbSnapshots, h.version);
-  const clusterSize = 2 ** h.clusterBits;
-  for (const s of snapshots) {
-    // QEMU refuses these at open too ("Snapshot L1 table too large").
-    if (s.l1Size * 8 > MAX_L1_BYTES || s.l1TableOffset % clusterSize !== 0) {
-      throw new BlockError('E_CORRUPT', `qcow2 image '${file.filename}' is corrupt: snapshot '${s.name}' has an invalid L1 table`, { op: 'open', path: file.filename });
-    }
+  // A snapshot whose L1 table is misaligned or too large still opens, as in QEMU: check reports
+  // it, and only loading that snapshot fails (usableSnapshot).
+  return { snapshots: parseSnapshotTable(table, h.nbSnapshots, h.version), length: table.byteLength };
+}
+
+/** The snapshot `idOrName` (snapshot=), refused as QEMU refuses to load it when its L1 table is unusable. */
+function usableSnapshot(file: BlockNode, h: Qcow2Header, snapshots: Qcow2Snapshot[], idOrName: string): Qcow2Snapshot {
+  const path = file.filename;
+  const snapshot = findSnapshot(snapshots, idOrName);
+  if (!snapshot) throw new BlockError('ENOENT', `qcow2 image '${path}' has no snapshot '${idOrName}'`, { op: 'open', path });
+  const problem = snapshotL1Problem(snapshot, 2 ** h.clusterBits);
+  if (problem !== undefined) {
+    throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: failed to load snapshot '${idOrName}': ${problem}`, { op: 'open', path });
   }
-  return { snapshots, length: table.byteLength };
+  return snapshot;
 }
 
 async function openBacking(spec: NodeSpec, h: Qcow2Header, file: BlockNode, ctx: OpenContext): Promise<BlockNode | undefined> {
@@ -145,10 +151,7 @@ export const qcow2Driver: DriverDef = {
       if (!file.readOnly && stringOption(spec, 'snapshot') === undefined) await prepareForWriting(file, header, checking);
       const { snapshots, length: snapshotTableLength } = await readSnapshots(file, header);
       const snapshotName = stringOption(spec, 'snapshot');
-      const snapshot = snapshotName === undefined ? undefined : findSnapshot(snapshots, snapshotName);
-      if (snapshotName !== undefined && !snapshot) {
-        throw new BlockError('ENOENT', `qcow2 image '${file.filename}' has no snapshot '${snapshotName}'`, { op: 'open', path: file.filename });
-      }
+      const snapshot = snapshotName === undefined ? undefined : usableSnapshot(file, header, snapshots, snapshotName);
       const backing = await openBacking(spec, header, file, ctx);
       if (backing) opened.push(backing);
       const dataFile = await openDataFile(spec, header, file, ctx);

@@ -13,8 +13,11 @@ import type { Qcow2Tables } from './tables.js';
  * data there would destroy it. Such a write is refused and the image marked corrupt, as QEMU does.
  */
 export class OverlapGuard {
-  /** Host clusters holding metadata, rebuilt when a table moves or appears. */
-  private metadata: { clusters: Set<number>; tables: number; refcounts: number } | undefined;
+  /**
+   * Host clusters holding metadata, rebuilt when a table moves or appears; the snapshots' L1
+   * tables as byte ranges, since a damaged snapshot entry may claim gigabytes of them.
+   */
+  private metadata: { clusters: Set<number>; inactiveL1s: [number, number][]; tables: number; refcounts: number } | undefined;
 
   constructor(private readonly parts: {
     file: BlockNode;
@@ -41,13 +44,19 @@ export class OverlapGuard {
     const refcounts = await p.refcounts();
     const cs = p.clusterSize;
     if (!this.metadata || this.metadata.tables !== p.tables.version || this.metadata.refcounts !== refcounts.version) {
-      this.metadata = { clusters: this.metadataClusters(refcounts), tables: p.tables.version, refcounts: refcounts.version };
+      const inactiveL1s = p.snapshots.filter((s) => s.l1Size > 0).map((s): [number, number] => [s.l1TableOffset, s.l1TableOffset + s.l1Size * 8]);
+      this.metadata = { clusters: this.metadataClusters(refcounts), inactiveL1s, tables: p.tables.version, refcounts: refcounts.version };
     }
-    for (let c = Math.floor(host / cs); c <= Math.floor((host + length - 1) / cs); c++) {
-      if (this.metadata.clusters.has(c)) {
-        await markCorrupt(p.file, p.header);
-        throw p.corruption(`preventing an invalid write on metadata at host offset 0x${(c * cs).toString(16)}; the image is now marked corrupt`);
-      }
+    const first = Math.floor(host / cs);
+    const last = Math.floor((host + length - 1) / cs);
+    let hit: number | undefined;
+    for (let c = first; c <= last && hit === undefined; c++) if (this.metadata.clusters.has(c)) hit = c * cs;
+    // Whole clusters, as for the rest: QEMU aligns the range of a metadata check to clusters.
+    const range = this.metadata.inactiveL1s.find(([start, end]) => start < (last + 1) * cs && end > first * cs);
+    hit ??= range && Math.max(first * cs, range[0] - (range[0] % cs));
+    if (hit !== undefined) {
+      await markCorrupt(p.file, p.header);
+      throw p.corruption(`preventing an invalid write on metadata at host offset 0x${hit.toString(16)}; the image is now marked corrupt`);
     }
   }
 
@@ -64,7 +73,6 @@ export class OverlapGuard {
     add(reftable.offset, reftable.clusters * cs);
     for (const block of refcounts.table) if (block) add(block, cs);
     if (header.nbSnapshots > 0) add(header.snapshotsOffset, this.parts.snapshotTableLength);
-    for (const s of this.parts.snapshots) add(s.l1TableOffset, s.l1Size * 8);
     return clusters;
   }
 }

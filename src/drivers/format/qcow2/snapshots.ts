@@ -1,5 +1,6 @@
 import { BlockError } from '../../../core/errors.js';
 import { sizeToStr } from '../../../core/qemu-format.js';
+import { MAX_L1_BYTES } from './constants.js';
 
 /**
  * The qcow2 internal snapshot table (spec §8): parse, serialise, look up, and print as
@@ -189,6 +190,17 @@ function i64(n: number, what: string): bigint {
 /** ID first, then name: QEMU's find_snapshot_by_id_or_name() (used by `snapshot -a`, `-d`, `convert -l`). */
 export function findSnapshot(snapshots: Qcow2Snapshot[], idOrName: string): Qcow2Snapshot | undefined {
   return snapshots.find((s) => s.id === idOrName) ?? snapshots.find((s) => s.name === idOrName);
+}
+
+/**
+ * Why a snapshot's L1 table cannot be loaded, in QEMU's words (qcow2_validate_table for
+ * "Snapshot L1 table"), or undefined when it can. QEMU opens an image with such a snapshot
+ * (check reports it) and refuses only to load it, so this is asked when a snapshot is used.
+ */
+export function snapshotL1Problem(s: Qcow2Snapshot, clusterSize: number): string | undefined {
+  if (s.l1Size * 8 > MAX_L1_BYTES) return 'Snapshot L1 table too large';
+  if (s.l1TableOffset % clusterSize !== 0 || s.l1TableOffset + s.l1Size * 8 > Number.MAX_SAFE_INTEGER) return 'Snapshot L1 table offset invalid';
+  return undefined;
 }
 
 /**

@@ -19,9 +19,7 @@
  *                same bytes wherever QEMU can still read its repaired copy.
  *
  * Where vdisk differs from QEMU for a principled reason the case says so below, with the
- * reason, and asserts what vdisk must do instead. Where vdisk is simply wrong, the subtest is
- * marked `todo` with the bug (see BUGS): it still runs and reports, and it starts passing when
- * the bug is fixed (remove the mark then).
+ * reason, and asserts what vdisk must do instead.
  */
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
@@ -212,6 +210,10 @@ const DAMAGES = {
     what: "a snapshot table entry's L1 offset moved 0x200 off its cluster",
     apply: (q) => { const s = q.snapshotEntries()[0]!; q.setU64(s.at, BigInt(s.l1Offset + 0x200)); },
   },
+  'snapshot-l1-too-large': {
+    what: "a snapshot's L1 table claims 2^24 entries (128 MiB, more than QEMU's 32 MiB)",
+    apply: (q) => { q.buf.writeUInt32BE(0x1000000, q.snapshotEntries()[1]!.at + 8); },
+  },
   'compressed-leak': {
     what: 'a host cluster of compressed data gets one reference too many',
     apply: (q) => { const c = sharedCompressedCluster(q); q.setRefcount(c, q.refcount(c) + 1); },
@@ -230,28 +232,6 @@ const DAMAGES = {
   },
 } satisfies Record<string, { what: string; apply: Damage }>;
 type DamageName = keyof typeof DAMAGES;
-
-// ---- known vdisk bugs ---------------------------------------------------------------------------
-
-/**
- * Where vdisk's checker (src/drivers/format/qcow2/check*.ts) and opener differ from qemu-img 7.2
- * check (block/qcow2-refcount.c) for no good reason. A subtest marked with one of these still
- * runs; it shows as "todo" while it fails. Remove the mark when the bug is fixed.
- */
-const BUGS = {
-  snapshotL1Open: 'BUG-4: the image cannot be opened to be checked: the opener (readSnapshots in qcow2/index.ts) refuses a snapshot '
-    + 'whose L1 table is misaligned, which QEMU opens (qemu-img info and qemu-io too) and qemu-img check reports ("ERROR snapshot 1 '
-    + '(first) l1_offset=0xc0200: L1 table is not cluster aligned; snapshot table entry corrupted", exit 2); vdisk exits 1. '
-    + 'The checker handles it (check-calculate.ts); the opener must let it through when opened for a check',
-} as const;
-
-type Todo = { check?: string; leaks?: string; all?: string };
-const every = (why: string): Todo => ({ check: why, leaks: why, all: why });
-
-/** Subtests that fail today, by "geometry/damage". */
-const KNOWN_BUGS: Partial<Record<`${Geometry}/${DamageName}`, Todo>> = {
-  'snapshots/snapshot-l1-misaligned': every(BUGS.snapshotL1Open),
-};
 
 /**
  * Leaked clusters (as qemu-img check lists them) whose refcount block is also an active L2 table.
@@ -283,7 +263,7 @@ const CORPUS: Case[] = [
   ...(['leak-free-cluster', 'leak-raised', 'refcount-0-data', 'refcount-0-l2', 'l2-into-reftable', 'l1-onto-refblock',
     'l2-misaligned', 'l2-prealloc-misaligned', 'l1-misaligned', 'cut-in-data', 'copied-l2-cleared', 'copied-l1-cleared',
     'subcluster-bitmap'] as const).map((damage): Case => ({ geometry: 'extended-l2', damage })),
-  ...(['leak-free-cluster', 'leak-raised', 'refcount-0-data', 'shared-refcount-low', 'snapshot-l1-refcount-0', 'snapshot-l1-misaligned',
+  ...(['leak-free-cluster', 'leak-raised', 'refcount-0-data', 'shared-refcount-low', 'snapshot-l1-refcount-0', 'snapshot-l1-misaligned', 'snapshot-l1-too-large',
     'copied-l2-cleared', 'l2-into-reftable'] as const).map((damage): Case => ({ geometry: 'snapshots', damage })),
   ...(['compressed-leak', 'compressed-refcount-low', 'compressed-refcount-0', 'compressed-copied', 'refcount-0-l2'] as const)
     .map((damage): Case => ({ geometry: 'compressed', damage })),
@@ -411,7 +391,6 @@ describe('vdisk check against qemu-img check, damaged qcow2 images', { concurren
 
   for (const c of CORPUS) {
     const damage: { what: string; apply: Damage } = DAMAGES[c.damage];
-    const todo = KNOWN_BUGS[`${c.geometry}/${c.damage}`] ?? {};
     it(`${c.geometry}: ${c.damage} (${damage.what})`, async (t) => {
       if (!needTools(t, 'qemu-img', 'qemu-io')) return;
       const { file: pristine, snapshots } = await base(c.geometry);
@@ -432,13 +411,13 @@ describe('vdisk check against qemu-img check, damaged qcow2 images', { concurren
       const theirs = await qemuCheck(await copy('check-q.qcow2'));
       assert.notEqual(theirs.code, 0, `the damage must be visible to qemu-img check:\n${summary(theirs)}`);
 
-      await t.test('check', { todo: todo.check }, async () => {
+      await t.test('check', async () => {
         const ours = await vdiskCheck(await copy('check-v.qcow2'));
         assertSameVerdict(ours, theirs, 'check --output=json');
         assertSameMessages(ours, theirs, 'check');
       });
 
-      await t.test('check -r leaks', { todo: todo.leaks }, async () => {
+      await t.test('check -r leaks', async () => {
         const [qf, vf] = [await copy('leaks-q.qcow2'), await copy('leaks-v.qcow2')];
         const unwritable = leaksInUnwritableBlocks(q, theirs.stderr);
         const qr = await qemuCheck(qf, '-r', 'leaks');
@@ -474,7 +453,7 @@ describe('vdisk check against qemu-img check, damaged qcow2 images', { concurren
         await assertSameFile(vf, qf, '-r leaks');
       });
 
-      await t.test('check -r all', { todo: todo.all }, async () => {
+      await t.test('check -r all', async () => {
         const [qf, vf] = [await copy('all-q.qcow2'), await copy('all-v.qcow2')];
         const qr = await qemuCheck(qf, '-r', 'all');
         const vr = await vdiskCheck(vf, '-r', 'all');
