@@ -28,13 +28,14 @@ export interface ImageInfo {
 export async function collectInfo(node: BlockNode): Promise<ImageInfo> {
   const actual = await node.allocatedSize();
   const specific = node.formatSpecific();
+  const image = node.imageInfo();
   return {
     'virtual-size': node.size,
     filename: node.filename,
     format: node.driver,
     ...(actual !== undefined ? { 'actual-size': actual } : {}),
-    'dirty-flag': false,
-    ...node.imageInfo(),
+    ...(node.hasDriverInfo() || 'dirty-flag' in image ? { 'dirty-flag': false } : {}),
+    ...image,
     ...(specific ? { 'format-specific': { type: node.driver, data: specific } } : {}),
   };
 }

@@ -118,6 +118,15 @@ export abstract class BlockNode implements BlockDevice {
     return {};
   }
 
+  /**
+   * Whether QEMU's bdrv_get_info would answer for this node (`info` shows `dirty-flag` only then):
+   * a driver without its own asks its file child, as QEMU's raw format does; protocol drivers
+   * that have none (nbd) say no.
+   */
+  hasDriverInfo(): boolean {
+    return this.file?.hasDriverInfo() ?? true;
+  }
+
   /** The lines of qemu-img info's "Snapshot list:" table (empty when there are none). */
   snapshotTable(): string[] {
     return [];

@@ -40,6 +40,11 @@ export class NbdNode extends BlockNode {
     return this.client.describe;
   }
 
+  /** QEMU's nbd driver has no bdrv_get_info: qemu-img info shows no dirty-flag over nbd. */
+  override hasDriverInfo(): boolean {
+    return false;
+  }
+
   /** No way to learn how much the server stores (qemu-img prints "disk size: unavailable"). */
   override async allocatedSize(): Promise<number | undefined> {
     return undefined;

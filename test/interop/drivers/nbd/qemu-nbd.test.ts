@@ -103,6 +103,7 @@ describe('nbd driver against qemu-nbd', () => {
           assert.equal(ours.stdout, theirs, `map --output=${output} ${server.uri}`);
         }
         assert.equal((await vdisk(['info', server.uri])).stdout, await runOk('qemu-img', ['info', server.uri]));
+        assert.equal((await vdisk(['info', '--output=json', server.uri])).stdout, await runOk('qemu-img', ['info', '--output=json', server.uri]));
       } finally {
         await server.stop();
       }
