@@ -14,7 +14,7 @@ export interface ImageInfo {
   filename: string;
   format: string;
   'actual-size'?: number;
-  'dirty-flag': boolean;
+  'dirty-flag'?: boolean;
   'cluster-size'?: number;
   'backing-filename'?: string;
   'full-backing-filename'?: string;
