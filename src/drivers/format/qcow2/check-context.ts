@@ -33,7 +33,10 @@ export interface CheckTarget {
   snapshotL1s?(): { offset: number; size: number }[];
   snapshotTable(): { offset: number; length: number } | undefined;
   readTable(offset: number): Promise<Uint8Array>;
+  /** The image's own refcount reader: what the check repairs, the image sees. */
   refcounts: Refcounts;
+  /** Makes `refcounts` read the refcount table the header names now (after a rebuild). */
+  reloadRefcounts(): Promise<void>;
   /** Rewrites one active L1/L2 entry (for COPIED repairs). */
   setCopied(kind: 'l1' | 'l2', tableOffset: number, index: number, copied: boolean): Promise<void>;
 }

@@ -1,18 +1,16 @@
 import type { CheckContext } from './check-context.js';
 import type { InMemoryRefcounts } from './check-imrt.js';
 import type { RepairGuard } from './check-overlap.js';
-import { Refcounts, writeEntry } from './refcounts.js';
-
-/** The refcount cache of the reader that replaces the image's after a rebuild (the node's default). */
-const REFCOUNT_CACHE_BYTES = 4 * 1024 * 1024;
+import { writeEntry } from './refcounts.js';
 
 /**
  * QEMU's rebuild_refcount_structure: new refcount blocks and a new refcount table, made from
  * the references counted alone, for damage that refcounts set in place cannot repair (a
  * referenced cluster with refcount 0, a refcount block that is also something else, or one
  * whose table entry is unusable). The new structures go to clusters nothing references; the
- * header is switched to them last, so a crash before that leaves the old ones in charge. The
- * old ones are then unreferenced: the caller's next comparison frees them as leaks.
+ * header is switched to them last, so a crash before that leaves the old ones in charge; then
+ * the image's refcount reader reads the new ones. The old ones are unreferenced by now: the
+ * caller's next comparison frees them as leaks.
  *
  * `refs` gains the clusters the new structures take. Each block written is the slice of `refs`
  * it covers, so it counts itself and the table.
@@ -88,20 +86,6 @@ export async function rebuildRefcountStructure(ctx: CheckContext, guard: RepairG
   await t.file.flush();
   h.refcountTableOffset = tableAt * cs;
   h.refcountTableClusters = tableClusters;
-  adoptRebuiltStructure(t.refcounts, await Refcounts.load(t.file, h, t.file.filename, REFCOUNT_CACHE_BYTES));
+  await t.reloadRefcounts();
   guard.refresh();
-}
-
-/**
- * Points the image's refcount reader at the rebuilt structure. The image keeps using the reader
- * it handed to check (for the double check, and for writes after a repair on open), so that
- * object itself must change; Refcounts has no reload of its own, so a freshly loaded reader's
- * state replaces its state wholesale. Nothing of the old state is worth keeping: it was all
- * written before the check began, and every block it cached lies outside the new structure.
- */
-function adoptRebuiltStructure(current: Refcounts, rebuilt: Refcounts): void {
-  const version = current.version + 1;
-  Object.assign(current, rebuilt);
-  // Bumped, so whoever caches where the refcount structures lie (the overlap check) looks again.
-  current.version = version;
 }

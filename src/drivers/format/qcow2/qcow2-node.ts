@@ -273,6 +273,7 @@ export class Qcow2Node extends BlockNode {
         snapshotTable: () => (h.nbSnapshots > 0 ? { offset: h.snapshotsOffset, length: this.snapshotTableLength } : undefined),
         readTable: (offset) => this.tables.readForCheck(offset),
         refcounts: await this.refcounts.get(),
+        reloadRefcounts: () => this.refcounts.reload(),
         setCopied: async (kind, table, index, copied) => {
           if (kind === 'l1') return this.tables.setL1Copied(index, copied);
           await this.tables.setL2Copied(table, index, copied, this.g.entryBytes);

@@ -53,14 +53,7 @@ export class Refcounts {
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.tableOffset = header.refcountTableOffset;
     this.tableClusters = header.refcountTableClusters;
-    const seen = new Map<number, number>();
-    table.forEach((off, i) => {
-      const first = seen.get(off);
-      if (off && first !== undefined && this.sharedBlock === undefined) {
-        this.sharedBlock = `refcount table entries ${first} and ${i} both name the refcount block at 0x${off.toString(16)}`;
-      }
-      seen.set(off, i);
-    });
+    this.sharedBlock = findSharedBlock(table);
     const entries = Math.max(MIN_REFCOUNT_CACHE_ENTRIES, Math.floor(cacheBytes / this.clusterSize));
     this.cache = new TableCache(this.clusterSize, entries, async (offset, into) => {
       // Only blocks on disk load through here; new ones are created dirty and stay until written.
@@ -72,26 +65,31 @@ export class Refcounts {
   }
 
   static async load(file: BlockNode, header: Qcow2Header, path: string, cacheBytes: number): Promise<Refcounts> {
-    const clusterSize = 2 ** header.clusterBits;
-    const bytes = header.refcountTableClusters * clusterSize;
-    if (header.refcountTableOffset + bytes > file.size) {
-      throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: the refcount table lies past the end of the file`, { op: 'open', path });
-    }
-    const raw = new Uint8Array(bytes);
-    await file.read(header.refcountTableOffset, raw);
-    const dv = new DataView(raw.buffer);
-    const table: number[] = [];
-    for (let i = 0; i < bytes / 8; i++) {
-      const e = dv.getBigUint64(i * 8);
-      if (e & ~REFT_OFFSET_MASK) throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount table entry ${i} has reserved bits set`, { op: 'open', path });
-      const off = Number(e);
-      if (off % clusterSize !== 0 || off > Number.MAX_SAFE_INTEGER) {
-        throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount block ${i} at 0x${e.toString(16)} is misaligned`, { op: 'open', path });
-      }
-      table.push(off);
-    }
-    return new Refcounts(file, path, header, table, cacheBytes);
+    return new Refcounts(file, path, header, await readTable(file, header, path), cacheBytes);
   }
+
+  /**
+   * Reads the refcount table again from where the header says it is now: a check rebuilt the
+   * refcount structures and switched the header to them. Everything held for the old ones goes
+   * (cached blocks, the free-cluster hint); there must be nothing unwritten, since it would
+   * belong to the old structures.
+   */
+  async reload(header: Qcow2Header): Promise<void> {
+    if (this.isDirty || this.hasPendingFrees) {
+      throw new BlockError('EIO', `qcow2 image '${this.path}': refcounts cannot be reloaded with changes not written`, { op: 'check', path: this.path });
+    }
+    const table = await readTable(this.file, header, this.path);
+    this.table.length = 0;
+    for (const offset of table) this.table.push(offset);
+    this.tableOffset = header.refcountTableOffset;
+    this.tableClusters = header.refcountTableClusters;
+    this.sharedBlock = findSharedBlock(table);
+    this.cache.clear();
+    this.freeHint = 0;
+    // Whoever caches where the refcount structures lie (the overlap guards) looks again.
+    this.version++;
+  }
+
 
   /** The refcount of host cluster `index` (cluster number, not byte offset). */
   async get(index: number): Promise<number> {
@@ -333,6 +331,43 @@ export class Refcounts {
   }
 }
 
+/** The refcount table the header names: refcount block offsets, 0 where there is none. */
+async function readTable(file: BlockNode, header: Qcow2Header, path: string): Promise<number[]> {
+  const clusterSize = 2 ** header.clusterBits;
+  const bytes = header.refcountTableClusters * clusterSize;
+  if (header.refcountTableOffset + bytes > file.size) {
+    throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: the refcount table lies past the end of the file`, { op: 'open', path });
+  }
+  const raw = new Uint8Array(bytes);
+  await file.read(header.refcountTableOffset, raw);
+  const dv = new DataView(raw.buffer);
+  const table: number[] = [];
+  for (let i = 0; i < bytes / 8; i++) {
+    const e = dv.getBigUint64(i * 8);
+    if (e & ~REFT_OFFSET_MASK) throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount table entry ${i} has reserved bits set`, { op: 'open', path });
+    const off = Number(e);
+    if (off % clusterSize !== 0 || off > Number.MAX_SAFE_INTEGER) {
+      throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount block ${i} at 0x${e.toString(16)} is misaligned`, { op: 'open', path });
+    }
+    table.push(off);
+  }
+  return table;
+}
+
+/**
+ * Two table entries naming one refcount block, described, if the table has them. Reads are
+ * fine, but every count in that block would stand for two ranges of clusters.
+ */
+function findSharedBlock(table: readonly number[]): string | undefined {
+  const seen = new Map<number, number>();
+  for (const [i, off] of table.entries()) {
+    const first = seen.get(off);
+    if (off && first !== undefined) return `refcount table entries ${first} and ${i} both name the refcount block at 0x${off.toString(16)}`;
+    seen.set(off, i);
+  }
+  return undefined;
+}
+
 /**
  * Loads an image's refcount structures on first use: reads that never allocate, check or look
  * for preallocation never read them. Concurrent first users share one load.
@@ -358,6 +393,15 @@ export class RefcountLoader {
       },
     );
     return this.loading;
+  }
+
+  /**
+   * The refcount structures moved (a check rebuilt them and switched the header): loaded ones
+   * read the new table; unloaded ones will when first used.
+   */
+  async reload(): Promise<void> {
+    const loaded = this.loaded ?? (await this.loading?.catch(() => undefined));
+    await loaded?.reload(this.header);
   }
 
   /** The refcounts if something has loaded them (only then can they hold unwritten changes). */
