@@ -29,9 +29,15 @@ export interface CheckTarget {
   size: number;
   /** Active L1 entries, raw (with COPIED bits). */
   l1Entries(): bigint[];
-  /** Unused: the checker reads the snapshot table itself, for the ids and names its messages give. */
-  snapshotL1s?(): { offset: number; size: number }[];
   snapshotTable(): { offset: number; length: number } | undefined;
+  /**
+   * The whole L2 table at `offset` (cluster-aligned, inside the file) as the image would write
+   * it: the bytes on disk with its unwritten changes laid over them. The result is the check's
+   * own copy, which it may edit to follow its repairs; the image never sees those edits. A
+   * repair reaches the image either through `setCopied` (into the image's cache, written with
+   * its next flush) or by writing the file directly, which is safe because this call dropped the
+   * image's clean cached slices of the table, so the image reads it from disk again.
+   */
   readTable(offset: number): Promise<Uint8Array>;
   /** The image's own refcount reader: what the check repairs, the image sees. */
   refcounts: Refcounts;
@@ -77,8 +83,8 @@ export class CheckContext {
   }
 
   /**
-   * An L2 table: the node's cached copy when it is a whole cluster inside the file (so a repair
-   * that edits it in place keeps the cache and the disk alike), else the raw bytes.
+   * An L2 table: through the image (`readTable`, which sees its unwritten changes and forgets
+   * its cached copy) when it is a whole cluster inside the file, else the raw bytes.
    */
   readL2(offset: number): Promise<Uint8Array> {
     if (offset % this.cs === 0 && offset + this.cs <= this.t.file.size) return this.t.readTable(offset);

@@ -269,7 +269,6 @@ export class Qcow2Node extends BlockNode {
         clusterSize: this.clusterSize,
         size: h.size,
         l1Entries: () => this.tables.l1Entries(),
-        snapshotL1s: () => this.snapshots.map((s) => ({ offset: s.l1TableOffset, size: s.l1Size })),
         snapshotTable: () => (h.nbSnapshots > 0 ? { offset: h.snapshotsOffset, length: this.snapshotTableLength } : undefined),
         readTable: (offset) => this.tables.readForCheck(offset),
         refcounts: await this.refcounts.get(),
