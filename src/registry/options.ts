@@ -1,4 +1,5 @@
 import { BlockError } from '../core/errors.js';
+import { qemuStrtosz } from '../core/sizes.js';
 import type { NodeSpec } from './driver.js';
 
 /*
@@ -15,6 +16,21 @@ export function numberOption(spec: NodeSpec, key: string): number | undefined {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw bad(spec, key, 'a non-negative integer');
   return n;
+}
+
+/**
+ * A size as QEMU's qemu_opt_get_size reads it: bytes, or a string with an optional suffix (k, M,
+ * G, T, P, E) and fractions ("1.5M"); vdisk's limit is a safe integer. The message is QEMU's.
+ */
+export function sizeOption(spec: NodeSpec, key: string): number | undefined {
+  const v = spec[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+  const r = typeof v === 'string' ? qemuStrtosz(v) : undefined;
+  if (!r?.ok || r.value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new BlockError('EINVAL', `Parameter '${key}' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)`, { op: 'open' });
+  }
+  return Number(r.value);
 }
 
 export function stringOption(spec: NodeSpec, key: string): string | undefined {

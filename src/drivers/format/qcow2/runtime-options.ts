@@ -1,6 +1,6 @@
 import { BlockError } from '../../../core/errors.js';
-import { qemuStrtosz } from '../../../cli/sizes.js';
 import type { NodeSpec } from '../../../registry/driver.js';
+import { sizeOption } from '../../../registry/options.js';
 import type { CacheOptions } from './cache-options.js';
 
 /*
@@ -8,18 +8,6 @@ import type { CacheOptions } from './cache-options.js';
  * or strings from --image-opts / -o, parsed as QEMU parses them so the same option strings work
  * for both tools. Values are checked against each other and the image later (cache-options.ts).
  */
-
-/** qemu_opt_get_size: bytes, with an optional suffix (k, M, G, T, P, E) and fractions ("1.5M"). */
-function sizeOption(spec: NodeSpec, key: string): number | undefined {
-  const v = spec[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
-  const r = typeof v === 'string' ? qemuStrtosz(v) : undefined;
-  if (!r?.ok || r.value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new BlockError('EINVAL', `Parameter '${key}' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)`, { op: 'open' });
-  }
-  return Number(r.value);
-}
 
 /** qemu_opt_get_number: an unsigned integer; "-1" wraps around to a huge one, as strtoull does. */
 function numberOption(spec: NodeSpec, key: string): number | undefined {
