@@ -41,6 +41,27 @@ export class ByteQueue {
     return out;
   }
 
+  /**
+   * The chunk that holds the next `n` bytes in one piece, starting at `headOffset`; they stay
+   * queued. Lets a fixed header be decoded in place, copied only when it straddles two chunks.
+   */
+  contiguous(n: number): Buffer {
+    const first = this.chunks[0];
+    if (first !== undefined && first.length - this.head >= n) return first;
+    const joined = this.take(n);
+    // The joined bytes go back in front, so the offset into the chunk after them must go.
+    if (this.head > 0) this.chunks[0] = this.chunks[0]!.subarray(this.head);
+    this.chunks.unshift(joined);
+    this.head = 0;
+    this.total += n;
+    return joined;
+  }
+
+  /** Where the next byte lies in the chunk `contiguous` returns. */
+  get headOffset(): number {
+    return this.head;
+  }
+
   /** Drops the next `n` bytes (at most what is queued); returns how many were dropped. */
   skip(n: number): number {
     const drop = Math.min(n, this.total);

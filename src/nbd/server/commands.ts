@@ -2,13 +2,14 @@ import type { Extent } from '../../core/types.js';
 import {
   COMMAND_NAMES, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, nbdErrorFor, type Request,
+  NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, nbdErrorFor,
 } from '../protocol.js';
 import { MAX_PAYLOAD, type NbdExport } from './export.js';
 import type { MetaContext } from './meta-contexts.js';
 import {
   blockStatusChunk, errorChunk, noneChunk, offsetDataChunk, offsetHoleChunk, simpleReadReply, simpleReply,
 } from './replies.js';
+import { offsetText, type ServerRequest as Request } from './request.js';
 
 /** What a connection agreed on in the handshake. */
 export interface Session {
@@ -56,17 +57,18 @@ function check(s: Session, r: Request): number {
   if (r.flags & ~valid) throw new Refusal(NBD_EINVAL, `${name}: unsupported flags 0x${r.flags.toString(16)}`);
   if (WRITING.has(r.type) && s.exp.readOnly) throw new Refusal(NBD_EPERM, `${name}: the export is read-only`);
   if (r.type === NBD_CMD_FLUSH) return 0;
-  const size = BigInt(s.exp.size);
-  if (r.offset > size || BigInt(r.length) > size - r.offset) {
+  const size = s.exp.size;
+  // Above 2^53 the offset is inexact, but then it is past the end of any export all the same.
+  if (r.offset > size || r.length > size - r.offset) {
     const error = r.type === NBD_CMD_WRITE || r.type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
-    throw new Refusal(error, `${name} of ${r.length} bytes at offset ${r.offset} is past the end of the export (size ${size})`);
+    throw new Refusal(error, `${name} of ${r.length} bytes at offset ${offsetText(r)} is past the end of the export (size ${size})`);
   }
   if (r.type === NBD_CMD_READ && r.length > MAX_PAYLOAD) throw new Refusal(NBD_EINVAL, `${name} of ${r.length} bytes is longer than ${MAX_PAYLOAD}`);
   if (r.type === NBD_CMD_BLOCK_STATUS) {
     if (s.contexts.length === 0) throw new Refusal(NBD_EINVAL, `${name} without a metadata context (use NBD_OPT_SET_META_CONTEXT)`);
     if (r.length === 0) throw new Refusal(NBD_EINVAL, `${name} of 0 bytes`);
   }
-  return Number(r.offset);
+  return r.offset;
 }
 
 /**
@@ -102,31 +104,35 @@ export async function executeRequest(s: Session, r: Request, payload?: Buffer): 
         await cache(s, offset, r.length);
         break;
     }
-    return [simpleReply(0, r.cookie)];
+    return [simpleReply(0, r)];
   } catch (err) {
     const error = err instanceof Refusal ? err.error : nbdErrorFor(err, r.flags);
     const message = err instanceof Error ? err.message : String(err);
-    return [s.structured ? errorChunk(r.cookie, error, message) : simpleReply(error, r.cookie)];
+    return [s.structured ? errorChunk(r, error, message) : simpleReply(error, r)];
   }
 }
 
 async function read(s: Session, r: Request, offset: number): Promise<Buffer[]> {
   const node = s.exp.node;
   if (!s.structured) {
-    const { reply, data } = simpleReadReply(r.cookie, r.length);
+    const { reply, data } = simpleReadReply(r);
     await node.read(offset, data);
     return [reply];
   }
-  if (r.length === 0) return [noneChunk(r.cookie)];
-  const runs = r.flags & NBD_CMD_FLAG_DF || r.length < SPARSE_READ_MIN || !node.caps.blockStatus
-    ? [{ offset, length: r.length, zero: false }]
-    : await zeroRuns(s, offset, r.length);
+  if (r.length === 0) return [noneChunk(r)];
+  if (r.flags & NBD_CMD_FLAG_DF || r.length < SPARSE_READ_MIN || !node.caps.blockStatus) {
+    // The common case, kept to one buffer and one await.
+    const { reply, data } = offsetDataChunk(r, offset, r.length, true);
+    await node.read(offset, data);
+    return [reply];
+  }
+  const runs = await zeroRuns(s, offset, r.length);
   // Everything is read before anything is sent: the last chunk carries DONE, and a failure
   // anywhere becomes one error chunk instead of a reply cut short.
   const chunks = runs.map((run, i) => {
     const done = i === runs.length - 1;
-    if (run.zero) return { reply: offsetHoleChunk(r.cookie, run.offset, run.length, done), data: undefined };
-    return offsetDataChunk(r.cookie, run.offset, run.length, done);
+    if (run.zero) return { reply: offsetHoleChunk(r, run.offset, run.length, done), data: undefined };
+    return offsetDataChunk(r, run.offset, run.length, done);
   });
   await Promise.all(chunks.map((c, i) => c.data && node.read(runs[i]!.offset, c.data)));
   return chunks.map((c) => c.reply);
@@ -173,7 +179,7 @@ async function blockStatus(s: Session, r: Request, offset: number): Promise<Buff
       else descriptors.push({ length: e.length, status });
     }
     if (reqOne) descriptors.length = 1;
-    return blockStatusChunk(r.cookie, ctx.id, descriptors, i === s.contexts.length - 1);
+    return blockStatusChunk(r, ctx.id, descriptors, i === s.contexts.length - 1);
   });
 }
 

@@ -1,12 +1,12 @@
 import type net from 'node:net';
 import tls from 'node:tls';
-import {
-  decodeRequest, NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, REQUEST_HEADER_SIZE, type Request,
-} from '../protocol.js';
+import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, REQUEST_HEADER_SIZE } from '../protocol.js';
 import { ByteQueue } from './byte-queue.js';
 import { executeRequest, type Session } from './commands.js';
 import { MAX_PAYLOAD } from './export.js';
 import { MAX_OPTION_LENGTH, negotiate, ProtocolError, type HandshakeHost, type HandshakeIo } from './handshake.js';
+import { replyPool } from './reply-pool.js';
+import { decodeServerRequest, type ServerRequest } from './request.js';
 import type { TlsCredentials } from './tls.js';
 
 export interface ConnectionLimits {
@@ -67,7 +67,7 @@ export class NbdConnection implements HandshakeIo {
   private phase: Phase = 'handshake';
   private session: Session | undefined;
   /** A WRITE whose payload is still arriving. */
-  private pendingWrite: Request | undefined;
+  private pendingWrite: ServerRequest | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
   private paused = false;
@@ -85,6 +85,13 @@ export class NbdConnection implements HandshakeIo {
   private readonly onClose = () => this.socketGone();
   private readonly onError = (err: Error) => this.host.log(`client connection failed: ${err.message}`);
   private readonly onDrain = () => this.maybeResume();
+  /** Runs after the promise callbacks of the turn in which the first reply was corked. */
+  private readonly onTurnEnd = () => this.uncorkReplies();
+  /** Replies are being gathered for one writev (see sendReply). */
+  private corked = false;
+  /** Buffers handed to the socket, oldest first: each write's callback returns the oldest to the pool. */
+  private readonly sending: Buffer[] = [];
+  private readonly onSent = (err?: Error | null) => this.sent(err);
 
   constructor(socket: net.Socket, private readonly host: ConnectionHost) {
     this.socket = socket;
@@ -248,13 +255,14 @@ export class NbdConnection implements HandshakeIo {
         if (this.queue.length < this.pendingWrite.length) return;
         const req = this.pendingWrite;
         this.pendingWrite = undefined;
-        this.dispatch(req, this.queue.take(req.length));
+        void this.serve(req, this.queue.take(req.length));
         continue;
       }
       if (this.overloaded()) return this.pause();
       if (this.queue.length < REQUEST_HEADER_SIZE) return;
-      const req = decodeRequest(this.queue.take(REQUEST_HEADER_SIZE));
+      const req = decodeServerRequest(this.queue.contiguous(REQUEST_HEADER_SIZE), this.queue.headOffset);
       if (!req) return this.violation('bad request magic');
+      this.queue.skip(REQUEST_HEADER_SIZE);
       if (req.type === NBD_CMD_DISC) return this.finish();
       if (req.type === NBD_CMD_WRITE) {
         // Up to 32 MiB the spec says a payload is never a reason to disconnect; beyond, it may be.
@@ -262,7 +270,7 @@ export class NbdConnection implements HandshakeIo {
         this.pendingWrite = req;
         continue;
       }
-      this.dispatch(req);
+      void this.serve(req);
     }
   }
 
@@ -271,33 +279,60 @@ export class NbdConnection implements HandshakeIo {
     return this.inFlight >= l.maxRequests || this.inFlightBytes >= l.maxBufferedBytes || this.socket.writableLength >= l.maxWriteBuffer;
   }
 
-  private dispatch(req: Request, payload?: Buffer): void {
+  /** Runs one request and sends its reply (one async frame a request, no closures). */
+  private async serve(req: ServerRequest, payload?: Buffer): Promise<void> {
     const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlight++;
     this.inFlightBytes += bytes;
     this.notePeak();
+    let reply: Buffer[] | undefined;
+    let failure: unknown;
+    try {
+      reply = await executeRequest(this.session!, req, payload);
+    } catch (err) {
+      failure = err;
+    }
     // The request's bytes stop counting as in flight when its reply is handed to the socket,
     // where writableLength counts them: counted once, not twice.
-    const release = () => {
-      this.inFlight--;
-      this.inFlightBytes -= bytes;
-    };
-    executeRequest(this.session!, req, payload).then(
-      (reply) => (release(), this.sendReply(reply)),
-      (err: unknown) => (release(), this.fail(err)),
-    ).finally(() => this.requestDone());
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    if (reply) this.sendReply(reply);
+    else this.fail(failure);
+    this.requestDone();
   }
 
+  /**
+   * Replies finished in one event-loop turn leave together: the socket is corked at the first and
+   * uncorked once the turn's promise callbacks have run, so a batch of I/O completions costs one
+   * writev instead of a write per reply (the syscall was the largest cost in the profile).
+   */
   private sendReply(buffers: Buffer[]): void {
     if (this.socketClosed || this.socket.destroyed) return;
-    if (buffers.length === 1) this.socket.write(buffers[0]!);
-    else {
-      // One reply, several chunks: corked, they leave in one writev.
+    if (!this.corked) {
+      this.corked = true;
       this.socket.cork();
-      for (const b of buffers) this.socket.write(b);
-      this.socket.uncork();
+      process.nextTick(this.onTurnEnd);
+    }
+    for (const b of buffers) {
+      this.sending.push(b);
+      this.socket.write(b, this.onSent);
     }
     this.notePeak();
+  }
+
+  /**
+   * A write's callback: the socket calls them in write order, so the oldest buffer handed to it
+   * is the one now sent, and it can serve another read. After an error nothing goes back to the
+   * pool: the socket is being destroyed and no more of its bytes will be sent.
+   */
+  private sent(err?: Error | null): void {
+    const b = this.sending.shift()!;
+    if (!err && !this.socket.destroyed) replyPool.release(b);
+  }
+
+  private uncorkReplies(): void {
+    this.corked = false;
+    this.socket.uncork();
   }
 
   private requestDone(): void {

@@ -28,3 +28,19 @@ it('drain empties the queue', () => {
   assert.equal(q.drain().toString(), 'bcd');
   assert.equal(q.length, 0);
 });
+
+it('contiguous joins a run that straddles chunks, leaving the queue as it was', () => {
+  const q = new ByteQueue();
+  q.push(Buffer.from([1, 2, 3]));
+  q.push(Buffer.from([4, 5]));
+  q.push(Buffer.from([6, 7, 8]));
+  q.skip(1);
+  // Inside the first chunk: that chunk itself, no copy.
+  const first = q.contiguous(2);
+  assert.deepEqual([...first.subarray(q.headOffset, q.headOffset + 2)], [2, 3]);
+  // Across three chunks, from the middle of the first.
+  const joined = q.contiguous(5);
+  assert.deepEqual([...joined.subarray(q.headOffset, q.headOffset + 5)], [2, 3, 4, 5, 6]);
+  assert.equal(q.length, 7);
+  assert.deepEqual([...q.drain()], [2, 3, 4, 5, 6, 7, 8]);
+});

@@ -61,6 +61,31 @@ it('a client that sends reads and never reads the replies stalls itself; server 
   assert.equal(seen.size, asked);
 });
 
+for (const structured of [false, true]) {
+  it(`read buffers are reused only once sent: replies held back by a slow client keep their data (${structured ? 'structured' : 'simple'})`, async () => {
+    // Few requests at a time under a roomy write buffer: the server keeps serving reads (reusing
+    // the buffers of replies the kernel has taken) while other replies still wait in the socket.
+    await fx.start([{ node: new MemoryNode({ size: 4 * MiB }) }], { limits: { maxRequests: 16, maxWriteBuffer: 2 * MiB } });
+    const c = await fx.client();
+    await c.negotiate('', { structured });
+    const image = pattern(4 * MiB, 7);
+    c.request({ type: NBD_CMD_WRITE, cookie: 1n, offset: 0n }, image);
+    assert.equal((await c.reply()).cookie, 1n);
+    c.socket.pause();
+    const count = 2000;
+    const offsetOf = (i: number) => ((i * 7919) % 1024) * 4 * KiB;
+    for (let i = 0; i < count; i++) c.request({ type: NBD_CMD_READ, cookie: BigInt(i), offset: BigInt(offsetOf(i)), length: 4 * KiB });
+    await until(() => !fx.server.stats().connections[0]!.reading);
+    c.socket.resume();
+    for (let i = 0; i < count; i++) {
+      const r = await c.reply();
+      const data = r.simple ? await c.read(4 * KiB) : r.payload.subarray(8);
+      const at = offsetOf(Number(r.cookie));
+      assert.ok(data.equals(image.subarray(at, at + 4 * KiB)), `reply ${r.cookie} (offset ${at}) carries the data of its own offset`);
+    }
+  });
+}
+
 it('a write whose payload is longer than announced: the extra bytes are a bad header and the client is dropped', async () => {
   const node = new MemoryNode({ size: MiB });
   await fx.start([{ node }]);
