@@ -122,7 +122,8 @@ export async function maxRssCommand(cmd: string, args: string[]): Promise<number
 
 export function formatResults(results: Result[]): string {
   const rows = results.map((r) => {
-    const fmt = (v: number) => (r.unit === 's' ? `${(v * 1000).toFixed(1)} ms` : r.unit === 'MiB' ? `${v.toFixed(1)} MiB` : `${v.toFixed(2)} GiB/s`);
+    const fmt = (v: number) => (r.unit === 's' ? `${(v * 1000).toFixed(1)} ms` : r.unit === 'MiB' ? `${v.toFixed(1)} MiB`
+      : r.unit === 'ops/s' ? `${Math.round(v)} ops/s` : `${v.toFixed(2)} GiB/s`);
     const verdict = r.goal === 'none' ? '' : r.met ? 'met' : 'NOT met';
     return `| ${r.name} | ${r.vdiskName}: ${fmt(r.vdisk)} | ${r.peerName}: ${fmt(r.peer)} | ${r.ratio.toFixed(2)}x | ${r.goal} | ${verdict} |`;
   });
