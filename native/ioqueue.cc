@@ -1,14 +1,20 @@
-// A submission/completion queue for positional reads and writes, served by a
-// few threads of its own: io_uring's shape in user space. Node's fs.read pays
-// a thread-pool hand-off and two wake-ups for every request, more than a 4 KiB
+// A submission/completion queue for positional reads and writes, served by
+// threads of its own: io_uring's shape in user space. Node's fs.read pays a
+// thread-pool hand-off and two wake-ups for every request, more than a 4 KiB
 // copy from the page cache costs. Here a submission is a push under a mutex
-// (a futex wake only when a thread is idle), each thread takes one request at
+// (a futex wake only when a thread is idle); each thread takes one request at
 // a time (a slow request holds up no other) and wakes a sleeping one while
-// work remains, and completions gather until the
-// event loop wakes once for all of them: one call into JS per wake-up, with
-// the ids and results of every request finished since the last.
+// work remains; completions gather until the event loop wakes once for all of
+// them: one call into JS per wake-up, with the ids and results of every
+// request finished since the last.
+//
+// Threads come and go much as QEMU's thread pool's do: one more whenever
+// requests are submitted and none is idle, up to the maximum (requests that
+// wait on a disk need as many threads as the disk can overlap), and a thread
+// idle for 10 s retires, down to the minimum.
 #include <uv.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -67,16 +73,17 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
                         InstanceMethod<&IoQueue::Close>("close")});
   }
 
-  // new IoQueue(threads, onComplete(ids: Uint32Array, results: Float64Array))
+  // new IoQueue(maxThreads, onComplete(ids: Uint32Array, results: Float64Array))
   explicit IoQueue(const Napi::CallbackInfo& info)
       : Napi::ObjectWrap<IoQueue>(info) {
     Napi::Env env = info.Env();
     int32_t threads;
-    if (!ArgCount(info, 2) || !ArgInt32(info, 0, "threads", &threads)) return;
+    if (!ArgCount(info, 2) || !ArgInt32(info, 0, "maxThreads", &threads)) return;
     if (threads < 1 || threads > 256) {
-      ThrowRange(env, "threads", ">= 1 and <= 256", threads);
+      ThrowRange(env, "maxThreads", ">= 1 and <= 256", threads);
       return;
     }
+    max_threads_ = threads;
     if (!info[1].IsFunction()) {
       ThrowTypeError(env, "ERR_INVALID_ARG_TYPE",
                      "The \"onComplete\" argument must be a function");
@@ -97,7 +104,6 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     uv_unref(reinterpret_cast<uv_handle_t*>(async_));
     env_ = env;
     napi_add_env_cleanup_hook(env, CleanupHook, this);
-    for (int32_t i = 0; i < threads; i++) threads_.emplace_back([this] { Serve(); });
     started_ = true;
   }
 
@@ -185,15 +191,22 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     if (in_flight_ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
     in_flight_ += n;
     bool wake;
+    int spawn = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       todo_.insert(todo_.end(), batch.begin(), batch.end());
       wake = idle_ > 0;
+      // One more thread per call while none is idle: threads that wait on the
+      // disk are replaced turn by turn; page-cache work, which never leaves a
+      // request waiting long, stays on few threads.
+      if (!wake && alive_ < max_threads_) spawn = 1;
+      alive_ += spawn;
     }
     // One wake-up per call at most: a futex wake costs the event loop more
     // than a page-cache read, and on a busy machine the woken thread may take
     // this very core. Threads wake each other while work remains (Serve).
     if (wake) cv_.notify_one();
+    for (int i = 0; i < spawn; i++) std::thread([this] { Serve(); }).detach();
     return env.Undefined();
   }
 
@@ -205,32 +218,42 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   void Serve() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      while (todo_.empty() && !stopping_) {
+      bool timed_out = false;
+      while (todo_.empty() && !stopping_ && !timed_out) {
         idle_++;
-        cv_.wait(lock);
+        timed_out = cv_.wait_for(lock, std::chrono::seconds(10)) == std::cv_status::timeout;
         idle_--;
       }
-      if (stopping_) return;
+      if (stopping_) break;
+      if (todo_.empty()) {
+        if (alive_ > kMinThreads) break;  // idle for 10 s: retire
+        continue;
+      }
       Request* r = todo_.front();
       todo_.pop_front();
       bool more = !todo_.empty() && idle_ > 0;
       lock.unlock();
       if (more) cv_.notify_one();
       r->result = Transfer(*r);
-      lock.lock();
-      bool first = done_.empty();
-      done_.push_back(r);
+      bool first;
+      {
+        std::lock_guard<std::mutex> done_lock(done_mu_);
+        first = done_.empty();
+        done_.push_back(r);
+      }
       // uv_async_send coalesces, but skipping it while a wake-up is already
       // due saves a write to the loop's eventfd.
       if (first) uv_async_send(async_);
+      lock.lock();
     }
+    if (--alive_ == 0) gone_.notify_all();
   }
 
   // On the event loop: hand every finished request to JS in one call.
   void Deliver() {
     std::vector<Request*> batch;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::mutex> lock(done_mu_);
       batch.swap(done_);
     }
     if (batch.empty() || stopped_) return;
@@ -259,29 +282,38 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   void Stop() {
     if (!started_ || stopped_) return;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       stopping_ = true;
+      cv_.notify_all();
+      // Threads finish the request in hand; none touches this object after.
+      gone_.wait(lock, [this] { return alive_ == 0; });
+      for (Request* r : todo_) delete r;
+      todo_.clear();
     }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-    threads_.clear();
     stopped_ = true;
-    for (Request* r : todo_) delete r;
     for (Request* r : done_) delete r;
-    todo_.clear();
     done_.clear();
     uv_close(reinterpret_cast<uv_handle_t*>(async_),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
     async_ = nullptr;
   }
 
+  // Threads kept when idle (the rest retire after 10 s without work).
+  static constexpr int kMinThreads = 2;
+
+  // Guards the submission side and the thread counts.
   std::mutex mu_;
   std::condition_variable cv_;
+  std::condition_variable gone_;
   std::deque<Request*> todo_;
-  std::vector<Request*> done_;
-  std::vector<std::thread> threads_;
   int idle_ = 0;
+  int alive_ = 0;
+  int max_threads_ = 1;
   bool stopping_ = false;
+  // Guards the completion side, so finishing threads and the event loop do
+  // not contend with submissions.
+  std::mutex done_mu_;
+  std::vector<Request*> done_;
   // Main-thread state.
   bool started_ = false;
   bool stopped_ = false;

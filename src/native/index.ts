@@ -74,13 +74,14 @@ export interface NativeAddon {
    */
   mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
   /**
-   * A queue of positional reads and writes served by `threads` threads of its own. Each request
+   * A queue of positional reads and writes served by up to `maxThreads` threads of its own
+   * (started as requests back up, retired after 10 s idle). Each request
    * moves all of its buffer (a read stops short only at end of file); the caller keeps the buffer
    * referenced and untouched until `onComplete` reports the request's id with its result: bytes
    * moved, or -errno. Completions arrive in batches, one call per
    * event-loop wake-up. Only requests in flight keep the process alive.
    */
-  IoQueue: new (threads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
+  IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
 /** fallocate(2) mode flags (Linux values; the addon's build asserts they match). */

@@ -1,4 +1,4 @@
-import { availableParallelism, constants } from 'node:os';
+import { constants } from 'node:os';
 import { native, type IoQueueHandle } from '../../../native/index.js';
 import { STRERROR } from '../../../core/strerror.js';
 
@@ -11,14 +11,15 @@ import { STRERROR } from '../../../core/strerror.js';
  */
 
 /**
- * Threads serving the queue (VDISK_IO_THREADS overrides): enough to keep every core busy
- * copying from the page cache and a few more waiting on the disk. QEMU's pool grows to 64.
+ * The most threads serving the queue (VDISK_IO_THREADS overrides). The queue starts threads as
+ * requests back up and retires idle ones, as QEMU's thread pool does, with QEMU's maximum: reads
+ * that miss the page cache need as many threads as the disk can overlap requests.
  */
-const THREADS = ioThreads(process.env.VDISK_IO_THREADS);
+const MAX_THREADS = ioThreads(process.env.VDISK_IO_THREADS);
 
 function ioThreads(text: string | undefined): number {
   const n = Number(text);
-  return Number.isInteger(n) && n >= 1 && n <= 256 ? n : Math.min(16, Math.max(4, availableParallelism() * 2));
+  return Number.isInteger(n) && n >= 1 && n <= 256 ? n : 64;
 }
 
 interface Pending {
@@ -98,7 +99,7 @@ function fail(id: number, err: Error): void {
 }
 
 function submit(fd: number, buf: Uint8Array, offset: number, write: boolean): Promise<number> {
-  queue ??= new native!.IoQueue(THREADS, complete);
+  queue ??= new native!.IoQueue(MAX_THREADS, complete);
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
     pending[id] = { buf, write, resolve, reject };
