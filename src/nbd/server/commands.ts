@@ -1,4 +1,4 @@
-import type { Extent } from '../../core/types.js';
+import type { Extent, WriteOptions } from '../../core/types.js';
 import {
   COMMAND_NAMES, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
@@ -47,6 +47,10 @@ class Refusal extends Error {
   }
 }
 
+/** The options of every WRITE, shared: the layers below only read them. */
+const FUA: WriteOptions = Object.freeze({ fua: true });
+const NO_FUA: WriteOptions = Object.freeze({ fua: false });
+
 const WRITING = new Set([NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_CMD_TRIM]);
 
 /** The checks every request passes, in QEMU's order: command, flags, permission, range. */
@@ -83,7 +87,7 @@ export async function executeRequest(s: Session, r: Request, payload?: Buffer): 
       case NBD_CMD_READ: return await read(s, r, offset);
       case NBD_CMD_BLOCK_STATUS: return await blockStatus(s, r, offset);
       case NBD_CMD_WRITE:
-        await node.write(offset, payload!, { fua: (r.flags & NBD_CMD_FLAG_FUA) !== 0 });
+        await node.write(offset, payload!, r.flags & NBD_CMD_FLAG_FUA ? FUA : NO_FUA);
         break;
       case NBD_CMD_WRITE_ZEROES:
         await node.writeZeroes(offset, r.length, {

@@ -15,8 +15,11 @@ export const REPLY_HEADROOM = 32;
 const MIN_CLASS = 12;
 /** Larger reads are rare enough (and their copy costly enough) that pooling does not pay. */
 const MAX_CLASS = 22;
-/** Free bytes kept per class, so a burst of large reads does not pin memory for ever. */
-const FREE_BYTES_PER_CLASS = 8 * 1024 * 1024;
+/**
+ * Free bytes kept per class, so a burst of large reads does not pin memory for ever; enough for
+ * sixteen 1 MiB reads in flight (a client reading 8 deep keeps 8 buffers turning over).
+ */
+const FREE_BYTES_PER_CLASS = 16 * 1024 * 1024 + 16 * REPLY_HEADROOM;
 
 export class ReplyPool {
   /** Free buffers by class (log2 of the data capacity). */

@@ -36,11 +36,11 @@ it('large reads are not pooled, and each class keeps a bounded number of free bu
   const big = pool.acquire(16 + 8 * 1024 * 1024, 8 * 1024 * 1024);
   pool.release(big);
   assert.notEqual(pool.acquire(16 + 8 * 1024 * 1024, 8 * 1024 * 1024).buffer, big.buffer);
-  // 1 MiB buffers: a burst of 100 leaves at most 8 MiB of them behind.
+  // 1 MiB buffers: a burst of 100 leaves at most 16 of them behind.
   const burst = Array.from({ length: 100 }, () => pool.acquire(1024 * 1024, 1024 * 1024));
   for (const b of burst) pool.release(b);
   const kept = new Set(burst.map((b) => b.buffer));
   let reused = 0;
   for (let i = 0; i < 100; i++) if (kept.has(pool.acquire(1024 * 1024, 1024 * 1024).buffer)) reused++;
-  assert.ok(reused > 0 && reused <= 8, `${reused} buffers kept`);
+  assert.ok(reused > 0 && reused <= 16, `${reused} buffers kept`);
 });
