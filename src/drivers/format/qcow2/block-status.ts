@@ -1,3 +1,4 @@
+import { BlockError } from '../../../core/errors.js';
 import type { BlockNode } from '../../../core/block-node.js';
 import type { Extent, IoOptions } from '../../../core/types.js';
 import { Sub } from './l2-entry.js';
@@ -109,7 +110,14 @@ export class Qcow2BlockStatus {
       const refcounts = await this.parts.refcounts();
       const clusters = Math.ceil(file.size / clusterSize);
       let used = 0;
-      for (let i = 0; i < clusters; i++) if ((await refcounts.get(i)) > 0) used++;
+      try {
+        for (let i = 0; i < clusters; i++) if ((await refcounts.get(i)) > 0) used++;
+      } catch (err) {
+        // A refcount block that cannot be read (signalled as corruption): QEMU assumes no
+        // preallocation then, and block status goes on.
+        if (err instanceof BlockError) return false;
+        throw err;
+      }
       const real = Math.floor(allocated / clusterSize);
       return used >= Math.max(Math.floor((real * 10) / 9), real + 2);
     })());

@@ -1,4 +1,4 @@
-import type { CheckContext, CheckFix } from './check-context.js';
+import { errnoText, type CheckContext, type CheckFix } from './check-context.js';
 import type { InMemoryRefcounts } from './check-imrt.js';
 import type { StoredRefcounts } from './check-refcounts.js';
 
@@ -23,7 +23,7 @@ export async function compareRefcounts(ctx: CheckContext, refs: InMemoryRefcount
     try {
       refcount = await stored.get(c);
     } catch (err) {
-      ctx.say(`Can't get refcount for cluster ${c}: ${err instanceof Error ? err.message : String(err)}`);
+      ctx.say(`Can't get refcount for cluster ${c}: ${errnoText(err)}`);
       res.checkErrors++;
       continue;
     }

@@ -1,5 +1,7 @@
 import type { BlockNode } from '../../../core/block-node.js';
 import { BlockError } from '../../../core/errors.js';
+import { STRERROR } from '../../../core/strerror.js';
+import type { CorruptionSignal } from './corruption.js';
 import type { Qcow2Header } from './header.js';
 import type { Refcounts } from './refcounts.js';
 
@@ -43,6 +45,11 @@ export interface CheckTarget {
   refcounts: Refcounts;
   /** Makes `refcounts` read the refcount table the header names now (after a rebuild). */
   reloadRefcounts(): Promise<void>;
+  /**
+   * The image's corruption signal: a refused repair write marks the image corrupt through it,
+   * and the check listens to it for the lines QEMU prints (a refcount block that cannot be read).
+   */
+  signal: CorruptionSignal;
   /** Rewrites one active L1/L2 entry (for COPIED repairs). */
   setCopied(kind: 'l1' | 'l2', tableOffset: number, index: number, copied: boolean): Promise<void>;
 }
@@ -90,4 +97,13 @@ export class CheckContext {
     if (offset % this.cs === 0 && offset + this.cs <= this.t.file.size) return this.t.readTable(offset);
     return this.readRaw(offset, this.cs);
   }
+}
+
+/**
+ * An error as QEMU's messages give it, strerror of its errno: a corrupt image is EIO to QEMU
+ * ("Can't get refcount for cluster 3: Input/output error").
+ */
+export function errnoText(err: unknown): string {
+  if (err instanceof BlockError) return STRERROR[err.code === 'E_CORRUPT' ? 'EIO' : err.code] ?? err.message;
+  return err instanceof Error ? err.message : String(err);
 }

@@ -1,4 +1,4 @@
-import { INCOMPAT, L1E_OFFSET_MASK } from './constants.js';
+import { L1E_OFFSET_MASK } from './constants.js';
 import { CheckFailedError, type CheckContext } from './check-context.js';
 import { writeFeatureField } from './header-update.js';
 
@@ -47,14 +47,10 @@ export class RepairGuard {
     return found;
   }
 
-  /** Marks the image corrupt for a refused write, saying so once as QEMU does. */
+  /** Marks the image corrupt for a refused write, through the image's signal (which says so once, as QEMU does). */
   async refuse(kind: Metadata): Promise<void> {
-    const { t } = this.ctx;
-    if (!this.signalled) {
-      this.ctx.say(`qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with ${kind}); further corruption events will be suppressed`);
-      this.signalled = true;
-    }
-    await setIncompatible(this.ctx, t.header.incompatibleFeatures | INCOMPAT.CORRUPT);
+    this.signalled = true;
+    await this.ctx.t.signal.signal(`Preventing invalid write on metadata (overlaps with ${kind})`);
   }
 
   /**
@@ -78,7 +74,8 @@ export class RepairGuard {
     const h = t.header;
     const map = new Map<number, Metadata[]>();
     const mark = (offset: number, bytes: number, kind: Metadata) => {
-      if (bytes <= 0) return;
+      // A damaged entry may point past 2^53, where no write can land (and c++ would stand still).
+      if (bytes <= 0 || offset + bytes > Number.MAX_SAFE_INTEGER) return;
       for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) {
         const kinds = map.get(c);
         if (kinds) kinds.push(kind);

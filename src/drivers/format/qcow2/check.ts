@@ -22,6 +22,16 @@ export { CheckFailedError, type CheckFix, type CheckResult, type CheckTarget } f
  */
 export async function checkQcow2(t: CheckTarget, fix: CheckFix): Promise<CheckResult> {
   const ctx = new CheckContext(t);
+  const stopListening = t.signal.listen((line) => ctx.say(line));
+  try {
+    return await check(ctx, fix);
+  } finally {
+    stopListening();
+  }
+}
+
+async function check(ctx: CheckContext, fix: CheckFix): Promise<CheckResult> {
+  const { t } = ctx;
   const { res } = ctx;
   const snapshots = await readSnapshotL1s(ctx);
   const guard = new RepairGuard(ctx, () => snapshots);

@@ -1,8 +1,5 @@
-import type { BlockNode } from '../../../core/block-node.js';
-import type { BlockError } from '../../../core/errors.js';
-import { INCOMPAT } from './constants.js';
+import type { CorruptionSignal } from './corruption.js';
 import type { Qcow2Header } from './header.js';
-import { writeFeatureField } from './header-update.js';
 import type { Refcounts } from './refcounts.js';
 import type { Qcow2Snapshot } from './snapshots.js';
 import type { Qcow2Tables } from './tables.js';
@@ -20,7 +17,6 @@ export class OverlapGuard {
   private metadata: { clusters: Set<number>; inactiveL1s: [number, number][]; tables: number; refcounts: number } | undefined;
 
   constructor(private readonly parts: {
-    file: BlockNode;
     header: Qcow2Header;
     clusterSize: number;
     /** Guest data goes to an external data file, where no metadata lives. */
@@ -29,7 +25,7 @@ export class OverlapGuard {
     refcounts: () => Promise<Refcounts>;
     snapshots: readonly Qcow2Snapshot[];
     snapshotTableLength: number;
-    corruption: (what: string) => BlockError;
+    signal: CorruptionSignal;
   }) {}
 
   /** Forget the metadata map (the header moved a table without bumping a version). */
@@ -37,7 +33,7 @@ export class OverlapGuard {
     this.metadata = undefined;
   }
 
-  /** Throws E_CORRUPT, after marking the image corrupt, when [host, host + length) touches metadata. */
+  /** Throws E_CORRUPT, after signalling the corruption (marking the image corrupt), when [host, host + length) touches metadata. */
   async check(host: number, length: number): Promise<void> {
     const p = this.parts;
     if (p.hasDataFile || length === 0) return;
@@ -54,16 +50,15 @@ export class OverlapGuard {
     // Whole clusters, as for the rest: QEMU aligns the range of a metadata check to clusters.
     const range = this.metadata.inactiveL1s.find(([start, end]) => start < (last + 1) * cs && end > first * cs);
     hit ??= range && Math.max(first * cs, range[0] - (range[0] % cs));
-    if (hit !== undefined) {
-      await markCorrupt(p.file, p.header);
-      throw p.corruption(`preventing an invalid write on metadata at host offset 0x${hit.toString(16)}; the image is now marked corrupt`);
-    }
+    if (hit !== undefined) throw await p.signal.signal(`Preventing invalid write on metadata at host offset 0x${hit.toString(16)}`);
   }
 
   private metadataClusters(refcounts: Refcounts): Set<number> {
     const { tables, header, clusterSize: cs } = this.parts;
     const clusters = new Set<number>();
     const add = (offset: number, bytes: number) => {
+      // A damaged entry may point past 2^53, where no write can land (and c++ would stand still).
+      if (offset + bytes > Number.MAX_SAFE_INTEGER) return;
       for (let c = Math.floor(offset / cs); c <= Math.floor((offset + Math.max(bytes, 1) - 1) / cs); c++) clusters.add(c);
     };
     add(0, cs);
@@ -75,11 +70,4 @@ export class OverlapGuard {
     if (header.nbSnapshots > 0) add(header.snapshotsOffset, this.parts.snapshotTableLength);
     return clusters;
   }
-}
-
-/** Sets the corrupt bit, so neither vdisk nor QEMU writes this image again before a repair. */
-export async function markCorrupt(file: BlockNode, h: Qcow2Header): Promise<void> {
-  if (h.version < 3 || h.incompatibleFeatures & INCOMPAT.CORRUPT) return;
-  h.incompatibleFeatures |= INCOMPAT.CORRUPT;
-  await writeFeatureField(file, 'incompatible', h.incompatibleFeatures);
 }

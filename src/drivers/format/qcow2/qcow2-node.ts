@@ -6,6 +6,7 @@ import { checkQcow2, type CheckFix, type CheckResult } from './check.js';
 import { CacheCleaner } from './cache-cleaner.js';
 import { resolveCacheSizes, type CacheOptions, type CacheSizes } from './cache-options.js';
 import { CompressedReader } from './compressed-reader.js';
+import { CorruptionSignal } from './corruption.js';
 import type { CompressionType } from './compression.js';
 import { COMPAT, INCOMPAT } from './constants.js';
 import { DataWriter } from './data-writer.js';
@@ -73,6 +74,7 @@ export class Qcow2Node extends BlockNode {
   private readonly zeroWriter: ZeroWriter;
   private readonly cleaner: CacheCleaner;
   private readonly lazy: LazyRefcounts;
+  private readonly signal: CorruptionSignal;
 
   private constructor(parts: Qcow2Parts, tables: Qcow2Tables, settings: { cache: CacheSizes; lazyRefcounts: boolean }, opts: Qcow2Options) {
     // A snapshot is a past state: it opens read-only, as qemu-img's -l does.
@@ -96,8 +98,9 @@ export class Qcow2Node extends BlockNode {
 
     const cache = settings.cache;
     const corruption = (what: string) => this.corruption(what);
+    const signal = (this.signal = new CorruptionSignal({ file, header: h, readOnly: () => this.readOnly, error: corruption }));
     const size = () => this.size;
-    const refcounts = (this.refcounts = new RefcountLoader(file, h, file.filename, cache.refcountEntries * g.clusterSize));
+    const refcounts = (this.refcounts = new RefcountLoader(file, h, file.filename, cache.refcountEntries * g.clusterSize, (what) => signal.signal(what)));
     const loadRefcounts = () => refcounts.get();
     const lazy = (this.lazy = new LazyRefcounts(file, h, settings.lazyRefcounts));
     const mapping = (this.mapping = new Qcow2Mapping(g, tables, corruption));
@@ -105,8 +108,8 @@ export class Qcow2Node extends BlockNode {
     this.compressed = new CompressedReader(file, parts.compression, g.clusterSize, corruption);
     const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, lazy, clusterSize: g.clusterSize, l2CacheBytes: cache.l2Entries * cache.l2EntrySize }));
     const guard = (this.guard = new OverlapGuard({
-      file, header: h, clusterSize: g.clusterSize, hasDataFile: g.hasDataFile, tables, refcounts: loadRefcounts,
-      snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, corruption,
+      header: h, clusterSize: g.clusterSize, hasDataFile: g.hasDataFile, tables, refcounts: loadRefcounts,
+      snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, signal,
     }));
     const editor = (this.editor = new L2Editor(g, tables, refcounts, lazy));
     const lock = this.lock;
@@ -217,16 +220,29 @@ export class Qcow2Node extends BlockNode {
 
   // ---- writes -----------------------------------------------------------------------------
 
-  protected override _write(offset: number, data: Uint8Array): Promise<void> {
-    return this.dataWriter.write(offset, data);
+  protected override async _write(offset: number, data: Uint8Array): Promise<void> {
+    this.refuseIfCorrupt('write', offset, data.byteLength);
+    await this.dataWriter.write(offset, data);
   }
 
-  protected override _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    return this.zeroWriter.writeZeroes(offset, length, opts);
+  protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    this.refuseIfCorrupt('write zeroes', offset, length);
+    await this.zeroWriter.writeZeroes(offset, length, opts);
   }
 
-  protected override _discard(offset: number, length: number): Promise<void> {
-    return this.zeroWriter.discard(offset, length);
+  protected override async _discard(offset: number, length: number): Promise<void> {
+    this.refuseIfCorrupt('discard', offset, length);
+    await this.zeroWriter.discard(offset, length);
+  }
+
+  /**
+   * Once the image is marked corrupt (a corruption was signalled, or it was opened corrupt to be
+   * checked), nothing but a repair may write it: QEMU makes the node unusable then.
+   */
+  private refuseIfCorrupt(op: string, offset?: number, length?: number): void {
+    if (!this.signal.corrupt) return;
+    throw new BlockError('E_CORRUPT', `qcow2 image '${this.filename}' is marked corrupt and cannot be written until it is repaired (vdisk check -r all)`,
+      this.ctx(op, offset, length));
   }
 
   protected override async _flush(): Promise<void> {
@@ -243,6 +259,7 @@ export class Qcow2Node extends BlockNode {
   }
 
   protected override async _resize(size: number): Promise<void> {
+    this.refuseIfCorrupt('resize');
     if (this.snapshots.length > 0 && size < this.header.size) {
       throw new NotSupportedError("qcow2: can't shrink an image which has snapshots", this.ctx('resize'));
     }
@@ -273,12 +290,14 @@ export class Qcow2Node extends BlockNode {
         readTable: (offset) => this.tables.readForCheck(offset),
         refcounts: await this.refcounts.get(),
         reloadRefcounts: () => this.refcounts.reload(),
+        signal: this.signal,
         setCopied: async (kind, table, index, copied) => {
           if (kind === 'l1') return this.tables.setL1Copied(index, copied);
           await this.tables.setL2Copied(table, index, copied, this.g.entryBytes);
         },
       }, fix);
       if (!this.readOnly) await this.writeback.flush();
+      if (fix !== 'none' && !result.checkErrors && !result.corruptions && !(h.incompatibleFeatures & INCOMPAT.CORRUPT)) this.signal.repaired();
       return result;
     });
   }

@@ -22,6 +22,13 @@ export class Refcounts {
   readonly bits: number;
   /** Entries per refcount block. */
   readonly perBlock: number;
+  /**
+   * Refcount block offsets by table index, 0 where none is allocated: the entries with their
+   * reserved bits dropped, as QEMU reads them (REFT_OFFSET_MASK).
+   */
+  readonly table: number[];
+  /** Entries that cannot be followed (a misaligned block), with QEMU's words for why. */
+  private unusable: Map<number, string>;
   /** Refcount blocks by host offset; changed ones stay there, pinned, until written. */
   private readonly cache: TableCache;
   /** Refcount-table entries changed in memory and not yet written. */
@@ -44,16 +51,19 @@ export class Refcounts {
     private readonly file: BlockNode,
     private readonly path: string,
     header: Qcow2Header,
-    /** Refcount block offsets, 0 where none is allocated. */
-    readonly table: number[],
+    loaded: RefcountTable,
     cacheBytes: number,
+    /** Signals metadata that cannot be followed (QEMU's qcow2_signal_corruption); returns the error. */
+    private readonly signal: Signal,
   ) {
     this.clusterSize = 2 ** header.clusterBits;
     this.bits = 2 ** header.refcountOrder;
     this.perBlock = (this.clusterSize * 8) / this.bits;
     this.tableOffset = header.refcountTableOffset;
     this.tableClusters = header.refcountTableClusters;
-    this.sharedBlock = findSharedBlock(table);
+    this.table = loaded.table;
+    this.unusable = loaded.unusable;
+    this.sharedBlock = findSharedBlock(this.table);
     const entries = Math.max(MIN_REFCOUNT_CACHE_ENTRIES, Math.floor(cacheBytes / this.clusterSize));
     this.cache = new TableCache(this.clusterSize, entries, async (offset, into) => {
       // Only blocks on disk load through here; new ones are created dirty and stay until written.
@@ -64,8 +74,8 @@ export class Refcounts {
     });
   }
 
-  static async load(file: BlockNode, header: Qcow2Header, path: string, cacheBytes: number): Promise<Refcounts> {
-    return new Refcounts(file, path, header, await readTable(file, header, path), cacheBytes);
+  static async load(file: BlockNode, header: Qcow2Header, path: string, cacheBytes: number, signal: Signal): Promise<Refcounts> {
+    return new Refcounts(file, path, header, await readTable(file, header, path), cacheBytes, signal);
   }
 
   /**
@@ -78,12 +88,13 @@ export class Refcounts {
     if (this.isDirty || this.hasPendingFrees) {
       throw new BlockError('EIO', `qcow2 image '${this.path}': refcounts cannot be reloaded with changes not written`, { op: 'check', path: this.path });
     }
-    const table = await readTable(this.file, header, this.path);
+    const loaded = await readTable(this.file, header, this.path);
     this.table.length = 0;
-    for (const offset of table) this.table.push(offset);
+    for (const offset of loaded.table) this.table.push(offset);
+    this.unusable = loaded.unusable;
     this.tableOffset = header.refcountTableOffset;
     this.tableClusters = header.refcountTableClusters;
-    this.sharedBlock = findSharedBlock(table);
+    this.sharedBlock = findSharedBlock(this.table);
     this.cache.clear();
     this.freeHint = 0;
     // Whoever caches where the refcount structures lie (the overlap guards) looks again.
@@ -93,8 +104,7 @@ export class Refcounts {
 
   /** The refcount of host cluster `index` (cluster number, not byte offset). */
   async get(index: number): Promise<number> {
-    const tableIndex = Math.floor(index / this.perBlock);
-    const blockOffset = this.table[tableIndex] ?? 0;
+    const blockOffset = await this.block(Math.floor(index / this.perBlock));
     if (blockOffset === 0) return 0;
     return this.cache.use(blockOffset, (block) => readEntry(block, index % this.perBlock, this.bits));
   }
@@ -105,7 +115,7 @@ export class Refcounts {
       throw new BlockError('E_CORRUPT', `qcow2 image '${this.path}': refcount of cluster ${index} would become ${value}`, { op: 'write', path: this.path });
     }
     const tableIndex = Math.floor(index / this.perBlock);
-    let blockOffset = this.table[tableIndex] ?? 0;
+    let blockOffset = await this.block(tableIndex);
     if (blockOffset === 0) blockOffset = await this.newBlock(tableIndex, index);
     writeEntry(await this.cache.modify(blockOffset), index % this.perBlock, this.bits, value);
   }
@@ -162,7 +172,7 @@ export class Refcounts {
     for (let i = start; run < count;) {
       const ti = Math.floor(i / this.perBlock);
       const end = (ti + 1) * this.perBlock;
-      const offset = this.table[ti] ?? 0;
+      const offset = await this.block(ti);
       if (offset === 0) {
         // No block: every cluster it would cover is free.
         const take = Math.min(count - run, end - i);
@@ -178,6 +188,16 @@ export class Refcounts {
       });
     }
     return start;
+  }
+
+  /**
+   * The refcount block of table entry `ti` (0: none), or, for an entry that cannot be followed,
+   * the corruption signalled (QEMU's qcow2_get_refcount and alloc_refcount_block do the same).
+   */
+  private async block(ti: number): Promise<number> {
+    const problem = this.unusable.get(ti);
+    if (problem !== undefined) throw await this.signal(problem);
+    return this.table[ti] ?? 0;
   }
 
   private async firstMissingBlock(start: number, count: number): Promise<{ tableIndex: number; at: number } | undefined> {
@@ -267,7 +287,8 @@ export class Refcounts {
   private async growTable(minEntries: number): Promise<void> {
     const entriesPerCluster = this.clusterSize / 8;
     let end = Math.ceil(this.file.size / this.clusterSize);
-    for (const off of this.table) if (off) end = Math.max(end, off / this.clusterSize + 1);
+    // Unusable entries (past 2^53) name nothing in the file; allocation never gets past them.
+    for (const off of this.table) if (off && off <= Number.MAX_SAFE_INTEGER) end = Math.max(end, Math.floor(off / this.clusterSize) + 1);
     for (const [off] of this.cache.dirty()) end = Math.max(end, off / this.clusterSize + 1);
     let entries = Math.max(minEntries, Math.ceil(this.table.length * 1.5));
     let tableClusters = 0;
@@ -331,8 +352,22 @@ export class Refcounts {
   }
 }
 
-/** The refcount table the header names: refcount block offsets, 0 where there is none. */
-async function readTable(file: BlockNode, header: Qcow2Header, path: string): Promise<number[]> {
+type Signal = (what: string) => Promise<BlockError>;
+
+interface RefcountTable {
+  table: number[];
+  unusable: Map<number, string>;
+}
+
+/** C's %#x: "0" for zero, else 0x and lowercase hex (QEMU's messages print indexes so). */
+const altHex = (n: number | bigint) => (n === 0 || n === 0n ? '0' : `0x${n.toString(16)}`);
+
+/**
+ * The refcount table the header names. Entries are kept as QEMU keeps them: reserved bits are
+ * dropped (QEMU masks them off at every use), and a misaligned block offset is held, to be
+ * refused when something needs that block, since check must still see the image.
+ */
+async function readTable(file: BlockNode, header: Qcow2Header, path: string): Promise<RefcountTable> {
   const clusterSize = 2 ** header.clusterBits;
   const bytes = header.refcountTableClusters * clusterSize;
   if (header.refcountTableOffset + bytes > file.size) {
@@ -342,16 +377,17 @@ async function readTable(file: BlockNode, header: Qcow2Header, path: string): Pr
   await file.read(header.refcountTableOffset, raw);
   const dv = new DataView(raw.buffer);
   const table: number[] = [];
+  const unusable = new Map<number, string>();
   for (let i = 0; i < bytes / 8; i++) {
-    const e = dv.getBigUint64(i * 8);
-    if (e & ~REFT_OFFSET_MASK) throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount table entry ${i} has reserved bits set`, { op: 'open', path });
-    const off = Number(e);
-    if (off % clusterSize !== 0 || off > Number.MAX_SAFE_INTEGER) {
-      throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: refcount block ${i} at 0x${e.toString(16)} is misaligned`, { op: 'open', path });
+    const e = dv.getBigUint64(i * 8) & REFT_OFFSET_MASK;
+    if (e > BigInt(Number.MAX_SAFE_INTEGER)) {
+      unusable.set(i, `Refblock offset ${altHex(e)} lies beyond the end of any file (reftable index: ${altHex(i)})`);
+    } else if (Number(e) % clusterSize !== 0) {
+      unusable.set(i, `Refblock offset ${altHex(e)} unaligned (reftable index: ${altHex(i)})`);
     }
-    table.push(off);
+    table.push(Number(e));
   }
-  return table;
+  return { table, unusable };
 }
 
 /**
@@ -381,11 +417,12 @@ export class RefcountLoader {
     private readonly header: Qcow2Header,
     private readonly path: string,
     private readonly cacheBytes: number,
+    private readonly signal: Signal,
   ) {}
 
   get(): Promise<Refcounts> {
     if (this.loaded) return Promise.resolve(this.loaded);
-    this.loading ??= Refcounts.load(this.file, this.header, this.path, this.cacheBytes).then(
+    this.loading ??= Refcounts.load(this.file, this.header, this.path, this.cacheBytes, this.signal).then(
       (r) => (this.loaded = r),
       (err: unknown) => {
         this.loading = undefined;

@@ -26,6 +26,11 @@ export class Qcow2Tables {
   readonly l1: number[];
   /** The COPIED bit of each L1 entry: the L2 table is ours alone and may change in place. */
   private readonly l1Copied: boolean[];
+  /**
+   * Reserved bits set in L1 entries, by index: damage QEMU reads past and writes back as it
+   * found it, until the entry gets a new L2 table.
+   */
+  private readonly l1Reserved: Map<number, bigint>;
   private l1Dirty = false;
   /** Bumped whenever an L2 table moves or appears (the node's overlap check rebuilds then). */
   version = 0;
@@ -39,12 +44,12 @@ export class Qcow2Tables {
     private readonly file: BlockNode,
     layout: L2CacheLayout,
     private l1TableOffset: number,
-    l1: number[],
-    l1Copied: boolean[],
+    entries: { l1: number[]; copied: boolean[]; reserved: Map<number, bigint> },
     onLoad: (offset: number, length: number) => void,
   ) {
-    this.l1 = l1;
-    this.l1Copied = l1Copied;
+    this.l1 = entries.l1;
+    this.l1Copied = entries.copied;
+    this.l1Reserved = entries.reserved;
     this.clusterSize = layout.clusterSize;
     this.sliceBytes = layout.sliceBytes;
     this.sliceEntries = layout.sliceBytes / layout.entryBytes;
@@ -70,16 +75,15 @@ export class Qcow2Tables {
     const dv = new DataView(raw.buffer);
     const l1: number[] = [];
     const copied: boolean[] = [];
+    const reserved = new Map<number, bigint>();
     for (let i = 0; i < l1Size; i++) {
       const e = dv.getBigUint64(i * 8);
-      const off = Number(e & L1E_OFFSET_MASK);
-      if (e & L1E_RESERVED_MASK & ~0x1ffn) {
-        throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is corrupt: L1 entry ${i} (0x${e.toString(16)}) is invalid`, { op: 'open', path });
-      }
-      l1.push(off);
+      // Reserved bits are ignored, as QEMU ignores them (check reports them), and kept.
+      if (e & L1E_RESERVED_MASK) reserved.set(i, e & L1E_RESERVED_MASK);
+      l1.push(Number(e & L1E_OFFSET_MASK));
       copied.push((e & OFLAG_COPIED) !== 0n);
     }
-    return new Qcow2Tables(file, layout, l1Offset, l1, copied, onLoad);
+    return new Qcow2Tables(file, layout, l1Offset, { l1, copied, reserved }, onLoad);
   }
 
   get l1Offset(): number {
@@ -124,6 +128,7 @@ export class Qcow2Tables {
     }
     if (current !== 0) refcounts.free(current, 1);
     this.l1[index] = offset;
+    this.l1Reserved.delete(index);
     this.l1Copied[index] = true;
     this.l1Dirty = true;
     this.version++;
@@ -153,9 +158,9 @@ export class Qcow2Tables {
     dv.setUint32(at, copied ? dv.getUint32(at) | 0x80000000 : dv.getUint32(at) & 0x7fffffff);
   }
 
-  /** The active L1 entries as they would be written (offset | COPIED). */
+  /** The active L1 entries as they would be written (offset | COPIED, and reserved bits found there). */
   l1Entries(): bigint[] {
-    return this.l1.map((off, i) => BigInt(off) | (off !== 0 && this.l1Copied[i] ? OFLAG_COPIED : 0n));
+    return this.l1.map((off, i) => BigInt(off) | (off !== 0 && this.l1Copied[i] ? OFLAG_COPIED : 0n) | (this.l1Reserved.get(i) ?? 0n));
   }
 
   setL1Copied(index: number, copied: boolean): void {

@@ -186,6 +186,14 @@ const DAMAGES = {
     what: 'reserved bit 1 set in an L2 entry',
     apply: (q) => { const d = ownData(q); q.setU64(d.at, d.entry | 2n); },
   },
+  'l1-reserved-bits': {
+    what: 'reserved bits 1 and 57 set in an L1 entry (QEMU reads past them and keeps them)',
+    apply: (q) => { const t = firstL2(q); q.setL1Entry(t.l1Index, q.l1Entry(t.l1Index) | 2n | (1n << 57n)); },
+  },
+  'l1-reserved-copied-cleared': {
+    what: 'reserved bits 1 and 57 set and COPIED cleared in an L1 entry (the COPIED repair rewrites it, reserved bits and all)',
+    apply: (q) => { const t = firstL2(q); q.setL1Entry(t.l1Index, (q.l1Entry(t.l1Index) & ~COPIED) | 2n | (1n << 57n)); },
+  },
   'reftable-past-eof': {
     what: 'a refcount table entry names a refcount block past the end of the file',
     apply: (q) => q.setU64(q.refcountTableOffset + 8, BigInt(Math.ceil(q.buf.byteLength / q.clusterSize + 4) * q.clusterSize)),
@@ -253,7 +261,8 @@ interface Case {
 const CORPUS: Case[] = [
   ...(['leak-free-cluster', 'leak-raised', 'refcount-0-data', 'refcount-0-l2', 'l2-into-header', 'l2-into-reftable', 'l1-onto-refblock',
     'l2-misaligned', 'l2-prealloc-misaligned', 'l1-misaligned', 'cut-in-data', 'cut-before-l2', 'cut-in-l2', 'copied-l2-cleared',
-    'copied-l1-cleared', 'l2-reserved-bit', 'reftable-past-eof'] as const).map((damage): Case => ({ geometry: '64k', damage })),
+    'copied-l1-cleared', 'l2-reserved-bit', 'l1-reserved-bits', 'l1-reserved-copied-cleared',
+    'reftable-past-eof'] as const).map((damage): Case => ({ geometry: '64k', damage })),
   ...(['leak-free-cluster', 'leak-raised', 'refcount-0-data', 'refcount-0-l2', 'l2-into-reftable', 'l1-onto-refblock',
     'cut-in-data', 'cut-before-l2', 'cut-in-l2', 'copied-l2-cleared', 'copied-l1-cleared'] as const).map((damage): Case => ({ geometry: '512', damage })),
   ...(['leak-free-cluster', 'refcount-0-data', 'refcount-0-l2', 'l2-into-header', 'l2-into-reftable', 'l1-onto-refblock',

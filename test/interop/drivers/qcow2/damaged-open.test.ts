@@ -10,6 +10,7 @@
  * qcow2-damage.ts):
  *
  *  - read-only: `qemu-img convert -O raw` and vdisk read the same bytes, or both fail;
+ *  - check: `vdisk check` gives `qemu-img check`'s exit status, counters and messages;
  *  - snapshots: every internal snapshot loads (the same bytes) or fails in both, and vdisk's
  *    error gives QEMU's reason ("Snapshot L1 table offset invalid");
  *  - writing: the same qemu-io commands through `qemu-io` and `vdisk io` succeed or fail alike,
@@ -61,7 +62,36 @@ interface Case {
 }
 
 
+/** In place (guest cluster 0 is ours alone), then two allocations, the second in a new L2 table. */
+const WRITES = ['write -P 0x33 0 4k', 'write -P 0x34 2M 64k', 'write -P 0x35 200M 64k'];
+
 const CASES: Record<string, Case> = {
+  'reftable-misaligned': {
+    // QEMU reads fine; the first allocation fails (EIO) and marks the image corrupt, after which the node refuses I/O.
+    base: 'plain',
+    what: 'refcount table entry 0 moved 0x200 into its refcount block',
+    damage: (q) => q.setU64(q.refcountTableOffset, q.u64(q.refcountTableOffset) + 0x200n),
+    writes: WRITES,
+  },
+  'reftable-reserved-bit': {
+    // QEMU masks reserved bits off at every use: everything works, check reports the entry.
+    base: 'plain',
+    what: 'reserved bit 0 set in refcount table entry 0',
+    damage: (q) => q.setU64(q.refcountTableOffset, q.u64(q.refcountTableOffset) | 1n),
+    writes: WRITES,
+  },
+  'l1-reserved-bit-low': {
+    base: 'plain',
+    what: 'reserved bit 1 set in L1 entry 0',
+    damage: (q) => q.setL1Entry(0, q.l1Entry(0) | 2n),
+    writes: WRITES,
+  },
+  'l1-reserved-bit-high': {
+    base: 'plain',
+    what: 'reserved bit 57 set in L1 entry 0',
+    damage: (q) => q.setL1Entry(0, q.l1Entry(0) | (1n << 57n)),
+    writes: WRITES,
+  },
   'snapshot-l1-misaligned': {
     base: 'snapshots',
     what: "the first snapshot's L1 table offset moved 0x200 off its cluster",
@@ -155,6 +185,21 @@ describe('opening damaged qcow2 images as QEMU does', { concurrency: 2 }, () => 
 
       await t.test('read-only', async () => {
         assertSameOutcome(await vdiskRead(await copy('ro-v.qcow2')), await qemuRead(await copy('ro-q.qcow2')), 'the active state');
+      });
+
+      await t.test('check', async () => {
+        // qemu-img adds "qemu-img: Check failed" when the check had errors; vdisk's CLI words its own failure line.
+        const lines = (stderr: string) => stderr.split('\n').filter((l) => l !== '' && !/^(qemu-img|vdisk check): /.test(l));
+        const qr = await run('qemu-img', ['check', '--output=json', await copy('check-q.qcow2')]);
+        const vr = await vdisk(['check', '--output=json', await copy('check-v.qcow2')]);
+        const counters = (stdout: string) => {
+          const j = stdout.trim() ? (JSON.parse(stdout) as Record<string, number>) : {};
+          return [j.corruptions ?? 0, j.leaks ?? 0, j['check-errors'] ?? 0];
+        };
+        const msg = `qemu-img check: exit ${qr.code}\n${qr.stderr}\nvdisk check: exit ${vr.code}\n${vr.stderr}`;
+        assert.equal(vr.code, qr.code, msg);
+        assert.deepEqual(counters(vr.stdout), counters(qr.stdout), msg);
+        assert.deepEqual(lines(vr.stderr), lines(qr.stderr), msg);
       });
 
       await t.test('snapshots', async () => {

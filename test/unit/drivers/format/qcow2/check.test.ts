@@ -39,6 +39,15 @@ async function readBack(node: Qcow2Node, offset: number, length: number): Promis
   return buf;
 }
 
+async function assertRefusedAsCorrupt(p: Promise<unknown>): Promise<void> {
+  await assert.rejects(p, (err: any) => {
+    assert.equal(err?.code, 'E_CORRUPT', String(err));
+    assert.match(err.message, /is marked corrupt and cannot be written/);
+    assert.doesNotMatch(err.message, /\n/);
+    return true;
+  });
+}
+
 describe('qcow2 check: the open image after a repair', () => {
   let tmp: TmpDir;
   before(async () => (tmp = await makeTmpDir('vdisk-qcow2-check-unit-')));
@@ -105,6 +114,10 @@ describe('qcow2 check: the open image after a repair', () => {
       // Like QEMU's refcount cache, the open image remembers what it could not write.
       const double = await node.check('none');
       assert.equal(double.leaks, 0, double.messages.join('\n'));
+      // Marked corrupt, the open image writes nothing more (QEMU makes the node unusable).
+      await assertRefusedAsCorrupt(node.write(0, filled(4 * K, 0x44)));
+      await assertRefusedAsCorrupt(node.writeZeroes(600 * K, 4 * K));
+      await assertRefusedAsCorrupt(node.discard(0, 4 * K));
     } finally {
       await node.close();
     }
@@ -119,5 +132,56 @@ describe('qcow2 check: the open image after a repair', () => {
     } finally {
       await reopened.close();
     }
+  });
+  it('a write the overlap guard refuses marks the image corrupt, and the open image then refuses every write', async () => {
+    const file = tmp.path('overlap.qcow2');
+    await imageWithData(file);
+    const q = await Qcow2Bytes.load(file);
+    // Guest cluster 1 now maps onto the L1 table (COPIED: an in-place write would go there).
+    const d = q.dataEntries()[1]!;
+    q.setU64(d.at, COPIED | BigInt(q.l1Offset));
+    await q.save();
+    const l1Before = (await Qcow2Bytes.load(file)).buf.subarray(q.l1Offset, q.l1Offset + q.clusterSize);
+
+    const node = await openQcow2(file);
+    try {
+      await assert.rejects(node.write(4 * K, filled(4 * K, 0x55)), (err: any) => err?.code === 'E_CORRUPT' && /Preventing invalid write on metadata/.test(err.message));
+      assert.ok(node.header.incompatibleFeatures & INCOMPAT.CORRUPT);
+      // Writes that would have been harmless are refused too: in place, allocating, zeroes, resize.
+      await assertRefusedAsCorrupt(node.write(0, filled(4 * K, 0x66)));
+      await assertRefusedAsCorrupt(node.write(512 * K, filled(4 * K, 0x66)));
+      await assertRefusedAsCorrupt(node.writeZeroes(0, 4 * K));
+      await assertRefusedAsCorrupt(node.resize(2048 * K));
+      assert.deepEqual(await readBack(node, 0, 4 * K), filled(4 * K, 0x11));
+    } finally {
+      await node.close();
+    }
+    const after = await Qcow2Bytes.load(file);
+    assert.ok(after.incompatible & INCOMPAT.CORRUPT, 'the corrupt bit is on disk');
+    assert.deepEqual(after.buf.subarray(q.l1Offset, q.l1Offset + q.clusterSize), l1Before, 'the L1 table is untouched');
+    assert.equal(after.u64(after.dataEntries()[0]!.host), 0x1111111111111111n, 'guest cluster 0 keeps its data');
+  });
+
+  it('a refcount block offset that is misaligned opens; the allocation that needs it fails and marks the image corrupt', async () => {
+    const file = tmp.path('refblock-misaligned.qcow2');
+    await imageWithData(file);
+    const q = await Qcow2Bytes.load(file);
+    q.setU64(q.refcountTableOffset, q.u64(q.refcountTableOffset) + 0x200n);
+    await q.save();
+
+    const node = await openQcow2(file);
+    try {
+      await node.write(0, filled(4 * K, 0x22)); // in place: no refcount needed
+      await assert.rejects(node.write(512 * K, filled(4 * K, 0x33)), (err: any) => {
+        assert.equal(err?.code, 'E_CORRUPT');
+        assert.match(err.message, /Refblock offset 0x[0-9a-f]+200 unaligned \(reftable index: 0\); the image is now marked corrupt$/);
+        return true;
+      });
+      await assertRefusedAsCorrupt(node.write(0, filled(4 * K, 0x44)));
+      assert.deepEqual(await readBack(node, 0, 4 * K), filled(4 * K, 0x22));
+    } finally {
+      await node.close();
+    }
+    assert.ok((await Qcow2Bytes.load(file)).incompatible & INCOMPAT.CORRUPT);
   });
 });
