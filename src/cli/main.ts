@@ -6,6 +6,8 @@ import { UsageError } from './errors.js';
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   bench: { summary: 'run a simple image benchmark (qemu-img bench)', load: async () => (await import('./bench.js')).bench },
   check: { summary: 'check an image for consistency (qemu-img check)', load: async () => (await import('./check.js')).check },
+  compare: { summary: 'compare the contents of two images (qemu-img compare)', load: async () => (await import('./compare.js')).compare },
+  convert: { summary: 'copy images into a new or existing image (qemu-img convert)', load: async () => (await import('./convert.js')).convert },
   create: { summary: 'create a new image (qemu-img create)', load: async () => (await import('./create.js')).create },
   info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },
   io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },

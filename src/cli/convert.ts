@@ -1,0 +1,171 @@
+import type { BlockNode } from '../core/block-node.js';
+import { BlockError } from '../core/errors.js';
+import { ConvertJob } from '../jobs/convert-job.js';
+import { open, registry } from '../registry/index.js';
+import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
+import { print, type CliIo } from './context.js';
+import { parseCreateOptions } from './create.js';
+import { UsageError } from './errors.js';
+import { cacheMode, openImage } from './open-image.js';
+import { strtol } from './io/numbers.js';
+import { QemuProgress } from './progress.js';
+import { parseSize } from './sizes.js';
+
+const HELP = `usage: vdisk convert [-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-S SIZE] [-n]
+       [--target-is-zero] [-m N] [-W] [-t CACHE] [-T SRC_CACHE] [-U] [--image-opts] [-p] [-q] SRC... DST
+Copies one or more images (laid end to end) into a new or existing image, as qemu-img convert does:
+only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 allocates everything).
+  -B BACKING  create DST as an overlay of BACKING; ranges the source leaves to its own backing
+              file are not copied (BACKING must hold what that backing file holds)
+  -n          DST exists already (opened as -O, default raw); --target-is-zero: it reads as zeros
+  -m N        requests in flight (1-16, default 8); -W lets writes complete out of order`;
+
+const SECTOR = 512;
+/** qemu-img's bounds: -S up to 16 MiB, -m up to 16 coroutines. */
+const MAX_SPARSE = 32768 * SECTOR;
+const MAX_IN_FLIGHT = 16;
+
+interface ConvertArgs {
+  parsed: Parsed;
+  sources: string[];
+  target: string;
+  outFormat: string;
+  createOptions: Record<string, string> | undefined;
+  backing: string | undefined;
+  backingFormat: string | undefined;
+  sparseSize: number;
+  skipCreate: boolean;
+  targetIsZero: boolean;
+  inFlight: number;
+  outOfOrder: boolean;
+  progress: boolean;
+}
+
+function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
+  const p = parseArgs(argv, [
+    { short: 'f', long: 'format', value: true }, { short: 'O', value: true }, { short: 'o', value: true, multiple: true },
+    { short: 'B', value: true }, { short: 'F', value: true }, { short: 'S', value: true }, { short: 'n' },
+    { long: 'target-is-zero' }, { short: 'm', value: true }, { short: 'W' }, { short: 'p' }, { short: 'q' },
+    { short: 't', value: true }, { short: 'T', value: true }, { short: 'U', long: 'force-share' }, { long: 'image-opts' },
+    { short: 'c' }, { short: 'h', long: 'help' },
+  ], 'vdisk convert');
+  if (hasFlag(p, 'help')) return 'help';
+  const skipCreate = hasFlag(p, 'n');
+  const targetIsZero = hasFlag(p, 'target-is-zero');
+  if (hasFlag(p, 'c')) throw new BlockError('ENOTSUP', 'Compressed output (-c) is not supported yet', { op: 'convert' });
+  if (skipCreate && p.options.has('o')) throw new UsageError('-o has no effect when skipping image creation');
+  if (targetIsZero && !skipCreate) throw new UsageError('--target-is-zero requires use of -n flag');
+  if (p.positionals.length < 2) throw new UsageError('Must specify image file name');
+  const quiet = hasFlag(p, 'q');
+  return {
+    parsed: p,
+    sources: p.positionals.slice(0, -1),
+    target: p.positionals[p.positionals.length - 1]!,
+    outFormat: lastValue(p, 'O') ?? 'raw',
+    createOptions: skipCreate ? undefined : parseCreateOptions(p.options.get('o') ?? []),
+    backing: lastValue(p, 'B'),
+    backingFormat: lastValue(p, 'F'),
+    sparseSize: sparseSize(lastValue(p, 'S')),
+    skipCreate,
+    targetIsZero,
+    inFlight: inFlight(lastValue(p, 'm')),
+    outOfOrder: hasFlag(p, 'W'),
+    progress: hasFlag(p, 'p') && !quiet,
+  };
+}
+
+function sparseSize(text: string | undefined): number {
+  if (text === undefined) return 4096;
+  let value: number;
+  try {
+    value = parseSize(text);
+  } catch {
+    throw new UsageError('Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
+  }
+  if (value % SECTOR !== 0 || value > MAX_SPARSE) {
+    throw new UsageError(`Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`);
+  }
+  return value;
+}
+
+function inFlight(text: string | undefined): number {
+  if (text === undefined) return 8;
+  // qemu_strtol with base 0, as qemu-img: decimal, 0x hex or 0 octal, nothing trailing.
+  const { value, complete } = strtol(text);
+  if (!complete || text === '' || value < 1n || value > BigInt(MAX_IN_FLIGHT)) throw new UsageError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_IN_FLIGHT}`);
+  return Number(value);
+}
+
+export async function convert(argv: string[], io: CliIo): Promise<number> {
+  const a = parseConvertArgs(argv);
+  if (a === 'help') return print(io, HELP), 0;
+  const p = a.parsed;
+  const progress = new QemuProgress(a.progress ? io.stdout : undefined, 1);
+  progress.print(0, 100);
+
+  const sources: BlockNode[] = [];
+  let target: BlockNode | undefined;
+  try {
+    for (const name of a.sources) sources.push(await openImage(p, name, { readOnly: true, cache: cacheMode(lastValue(p, 'T')) }));
+    const total = sources.reduce((sum, s) => sum + s.size, 0);
+    const backing = a.backing ?? a.createOptions?.backing_file;
+    if (backing !== undefined && sources.length > 1) {
+      throw new UsageError('Having a backing file for the target makes no sense when concatenating multiple input images');
+    }
+    if (a.targetIsZero && backing !== undefined) throw new UsageError('Cannot use --target-is-zero when the destination image has a backing file');
+    if (!a.skipCreate) await createTarget(a, total);
+    target = await open(a.target, { format: a.outFormat, cache: cacheMode(lastValue(p, 't')) ?? 'unsafe' });
+    if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
+
+    const job = new ConvertJob({
+      sources,
+      target,
+      // A target made just now reads as zeros, unless it shows a backing file through; -S 0
+      // wants every byte allocated, so zeros are written there whatever the target holds.
+      targetIsZero: a.targetIsZero || (!a.skipCreate && backing === undefined && a.sparseSize > 0),
+      // Without a fresh target, how far its backing file reaches is not ours to assume.
+      targetBacking: backing === undefined ? undefined : { size: !a.skipCreate ? (target.backing?.size ?? Infinity) : Infinity },
+      sparseSize: a.sparseSize,
+      inFlight: a.inFlight,
+      outOfOrder: a.outOfOrder,
+    });
+    if (total > 0) {
+      (async () => {
+        for await (const e of job.events()) if (e.type === 'progress' && e.done > 0) progress.print((100 * e.done) / total, 0);
+      })();
+    }
+    await job.start();
+    progress.print(100, 0);
+  } finally {
+    progress.end();
+    await target?.close();
+    for (const s of sources) await s.close();
+  }
+  return 0;
+}
+
+/** Creates DST as qemu-img convert does: the format's create, sized to hold every source. */
+async function createTarget(a: ConvertArgs, total: number): Promise<void> {
+  const driver = registry.has(a.outFormat) ? registry.get(a.outFormat) : undefined;
+  if (!driver || driver.kind !== 'format') throw new UsageError(`Unknown file format '${a.outFormat}'`);
+  const protocol = registry.protocolFor(a.target);
+  if (protocol && protocol !== 'file') throw new UsageError(`Protocol driver '${protocol}' does not support image creation`);
+  if (!driver.create) throw new UsageError(`Format driver '${a.outFormat}' does not support image creation`);
+  const options = { ...a.createOptions };
+  for (const key of Object.keys(options)) {
+    if (!driver.createOptions?.some((o) => o.name === key)) throw new UsageError(`Invalid parameter '${key}'`);
+  }
+  if (a.backing !== undefined || a.backingFormat !== undefined) {
+    if (!driver.createOptions?.some((o) => o.name === 'backing_file')) throw new UsageError(`Backing file not supported for file format '${a.outFormat}'`);
+    if (a.backing !== undefined) options.backing_file = a.backing;
+    if (a.backingFormat !== undefined) options.backing_fmt = a.backingFormat;
+  }
+  if (options.backing_file !== undefined && options.backing_fmt === undefined) throw new UsageError('Use of backing file requires explicit backing format');
+  delete options.size;
+  try {
+    await driver.create({ filename: a.target, size: Math.ceil(total / SECTOR) * SECTOR, options });
+  } catch (err) {
+    if (!(err instanceof BlockError)) throw err;
+    throw new BlockError(err.code, `${a.target}: error while converting ${a.outFormat}: ${err.message}`, err.context, { cause: err });
+  }
+}
