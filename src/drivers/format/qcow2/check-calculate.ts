@@ -1,4 +1,5 @@
 import { INCOMPAT, L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_STD_RESERVED_MASK, MAX_L1_BYTES, OFLAG_COPIED, REFT_OFFSET_MASK } from './constants.js';
+import { countBitmaps } from './check-bitmaps.js';
 import type { CheckContext, CheckFix } from './check-context.js';
 import { InMemoryRefcounts } from './check-imrt.js';
 import type { RepairGuard } from './check-overlap.js';
@@ -27,7 +28,7 @@ const altHex = (n: number | bigint) => (n === 0 || n === 0n ? '0' : `0x${n.toStr
 
 /**
  * QEMU's calculate_refcounts: counts every reference to every host cluster (header, L1 and L2
- * tables, data, snapshots, refcount table and blocks), reporting what is wrong on the way. With
+ * tables, data, snapshots, refcount table and blocks, persistent bitmaps), reporting what is wrong on the way. With
  * fix 'all' it repairs what cannot wait for the refcounts: a misaligned preallocated entry
  * becomes a zero entry (fix_l2_entry_by_zero), and a refcount block past the end of the file
  * gets the file grown to hold it.
@@ -73,6 +74,7 @@ class ReferenceWalk {
     if (snapshotTable) this.count(snapshotTable.offset, snapshotTable.length);
     const reftable = t.refcounts.tableRange;
     this.count(reftable.offset, reftable.clusters * cs);
+    await countBitmaps(ctx, (offset, length) => this.count(offset, length));
     await this.checkRefblocks(reftable.offset, reftable.clusters * cs);
     return { refs: this.refs, rebuild: this.rebuild };
   }

@@ -3,9 +3,9 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec, OpenContext } from '../../../registry/driver.js';
 import { boolOption, stringOption } from '../../../registry/options.js';
 import { compressionTypeFromHeader } from './compression.js';
-import { AUTOCLEAR, INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
+import { INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
-import { writeFeatureField } from './header-update.js';
+import { clearStaleAutoclear } from './header-update.js';
 import { Qcow2Node } from './qcow2-node.js';
 import { cacheOptions } from './runtime-options.js';
 import { createQcow2 } from './create.js';
@@ -107,18 +107,16 @@ function exclusiveFile(spec: NodeSpec | string): NodeSpec | string {
 /**
  * What a writer must settle before its first write: refuse images marked corrupt (unless opened
  * to be checked), and clear the autoclear bits for things vdisk does not keep up to date
- * (persistent bitmaps), so no reader trusts them after our writes (spec §3).
+ * (persistent bitmaps), so no reader trusts them after our writes (spec §3). A check keeps them:
+ * it writes no guest data, and it counts the bitmaps' clusters only while the bit says they are
+ * valid (as QEMU does); the node clears them before a guest write instead.
  */
 async function prepareForWriting(file: BlockNode, h: Qcow2Header, checking: boolean): Promise<void> {
   const path = file.filename;
   if (h.incompatibleFeatures & INCOMPAT.CORRUPT && !checking) {
     throw new BlockError('E_CORRUPT', `qcow2 image '${path}' is marked corrupt and can only be opened read-only (repair it with vdisk check -r all)`, { op: 'open', path });
   }
-  const keep = h.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW;
-  if (h.version === 3 && keep !== h.autoclearFeatures) {
-    await writeFeatureField(file, 'autoclear', keep);
-    h.autoclearFeatures = keep;
-  }
+  if (!checking) await clearStaleAutoclear(file, h);
 }
 
 async function repairDirty(node: Qcow2Node): Promise<void> {

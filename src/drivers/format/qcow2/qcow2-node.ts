@@ -12,7 +12,7 @@ import { COMPAT, INCOMPAT } from './constants.js';
 import { DataWriter } from './data-writer.js';
 import { geometryOf, type Qcow2Geometry } from './geometry.js';
 import type { Qcow2Header } from './header.js';
-import { writeFeatureField } from './header-update.js';
+import { clearStaleAutoclear, writeFeatureField } from './header-update.js';
 import { L2Editor } from './l2-editor.js';
 import { Sub } from './l2-entry.js';
 import { LazyRefcounts } from './lazy-refcounts.js';
@@ -75,6 +75,7 @@ export class Qcow2Node extends BlockNode {
   private readonly cleaner: CacheCleaner;
   private readonly lazy: LazyRefcounts;
   private readonly signal: CorruptionSignal;
+  private autoclear: Promise<void> | undefined;
 
   private constructor(parts: Qcow2Parts, tables: Qcow2Tables, settings: { cache: CacheSizes; lazyRefcounts: boolean }, opts: Qcow2Options) {
     // A snapshot is a past state: it opens read-only, as qemu-img's -l does.
@@ -222,17 +223,31 @@ export class Qcow2Node extends BlockNode {
 
   protected override async _write(offset: number, data: Uint8Array): Promise<void> {
     this.refuseIfCorrupt('write', offset, data.byteLength);
+    await this.settleAutoclear();
     await this.dataWriter.write(offset, data);
   }
 
   protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     this.refuseIfCorrupt('write zeroes', offset, length);
+    await this.settleAutoclear();
     await this.zeroWriter.writeZeroes(offset, length, opts);
   }
 
   protected override async _discard(offset: number, length: number): Promise<void> {
     this.refuseIfCorrupt('discard', offset, length);
+    await this.settleAutoclear();
     await this.zeroWriter.discard(offset, length);
+  }
+
+  /**
+   * Clears stale autoclear bits before the first guest write. The opener does that already,
+   * except for an image opened to be checked, whose bitmaps stay valid while only check writes.
+   */
+  private settleAutoclear(): Promise<void> {
+    return (this.autoclear ??= clearStaleAutoclear(this.file!, this.header).catch((err: unknown) => {
+      this.autoclear = undefined;
+      throw err;
+    }));
   }
 
   /**
@@ -260,6 +275,7 @@ export class Qcow2Node extends BlockNode {
 
   protected override async _resize(size: number): Promise<void> {
     this.refuseIfCorrupt('resize');
+    await this.settleAutoclear();
     if (this.snapshots.length > 0 && size < this.header.size) {
       throw new NotSupportedError("qcow2: can't shrink an image which has snapshots", this.ctx('resize'));
     }
