@@ -130,11 +130,19 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       outOfOrder: a.outOfOrder,
     });
     if (total > 0) {
-      (async () => {
+      void (async () => {
         for await (const e of job.events()) if (e.type === 'progress' && e.done > 0) progress.print((100 * e.done) / total, 0);
       })();
     }
-    await job.start();
+    // Ctrl-C stops the copy between requests: nothing is left half-written and the target is
+    // flushed and closed, so a qcow2 target stays consistent (and can be converted again).
+    const interrupt = (signal: NodeJS.Signals) => job.cancel(new Error(`interrupted by ${signal}`));
+    process.once('SIGINT', interrupt).once('SIGTERM', interrupt);
+    try {
+      await job.start();
+    } finally {
+      process.off('SIGINT', interrupt).off('SIGTERM', interrupt);
+    }
     progress.print(100, 0);
   } finally {
     progress.end();
