@@ -39,9 +39,14 @@ export class ReplyPool {
     return size === whole.length ? whole : whole.subarray(0, size);
   }
 
+  /** Whether `b` came from `acquire` here (only such buffers are worth a write callback). */
+  owns(b: Buffer): boolean {
+    return b.byteOffset === 0 && this.made.has(b.buffer as ArrayBuffer);
+  }
+
   /** Returns a sent buffer; buffers from elsewhere are ignored. */
   release(b: Buffer): void {
-    if (b.byteOffset !== 0 || !this.made.has(b.buffer as ArrayBuffer)) return;
+    if (!this.owns(b)) return;
     const capacity = b.buffer.byteLength;
     const cls = Math.log2(capacity - REPLY_HEADROOM);
     const list = (this.free[cls] ??= []);
