@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import { ConvertJob } from '../jobs/convert-job.js';
@@ -113,6 +114,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       throw new UsageError('Having a backing file for the target makes no sense when concatenating multiple input images');
     }
     if (a.targetIsZero && backing !== undefined) throw new UsageError('Cannot use --target-is-zero when the destination image has a backing file');
+    await refuseSourceAsTarget(sources, a.target);
     if (!a.skipCreate) await createTarget(a, total);
     target = await open(a.target, { format: a.outFormat, cache: cacheMode(lastValue(p, 't')) ?? 'unsafe' });
     if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
@@ -150,6 +152,29 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
     for (const s of sources) await s.close();
   }
   return 0;
+}
+
+/**
+ * A target that is one of the files the sources read (their images, backing files, data files)
+ * would be truncated or overwritten while being read. qemu-img opens its sources without
+ * sharing write access, so its create fails to lock such a file; vdisk's read-only raw opens
+ * share it, so the same file is refused here, with the lock failure's words.
+ */
+async function refuseSourceAsTarget(sources: readonly BlockNode[], target: string): Promise<void> {
+  const t = await stat(target).catch(() => undefined);
+  if (!t) return;
+  const files: string[] = [];
+  const walk = (node: BlockNode) => {
+    if (node.driver === 'file') files.push(node.filename);
+    for (const child of node.children.values()) walk(child);
+  };
+  sources.forEach(walk);
+  for (const file of files) {
+    const s = await stat(file).catch(() => undefined);
+    if (s && s.dev === t.dev && s.ino === t.ino) {
+      throw new BlockError('E_LOCKED', `Failed to get "write" lock; is another process using the image [${target}]?`, { op: 'convert', path: target });
+    }
+  }
 }
 
 /** Creates DST as qemu-img convert does: the format's create, sized to hold every source. */

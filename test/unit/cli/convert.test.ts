@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, symlink, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { vdisk } from '../../helpers/cli.js';
 import { assertBytesEqual, pattern } from '../../helpers/bytes.js';
@@ -37,6 +37,25 @@ test('convert refuses bad options with qemu-img convert\'s one-line messages, be
     assert.ok(r.stderr.startsWith(`vdisk convert: ${message}`), `${args.join(' ')}: ${r.stderr}`);
     assert.equal(r.stderr.split('\n').length, 2, 'one line');
     await assert.rejects(readFile(dst), { code: 'ENOENT' }, `${args.join(' ')} left no target`);
+  }
+});
+
+test('a target that is one of the files the sources read is refused, and left intact', async (t) => {
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  const data = pattern(MiB, 9);
+  await writeFile(tmp.path('base.raw'), data);
+  assert.equal((await vdisk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', tmp.path('top.qcow2')])).code, 0);
+  await symlink(tmp.path('base.raw'), tmp.path('alias.raw'));
+  for (const args of [
+    ['-f', 'raw', tmp.path('base.raw'), tmp.path('base.raw')],
+    ['-n', '-f', 'raw', tmp.path('base.raw'), tmp.path('alias.raw')],
+    ['-f', 'qcow2', tmp.path('top.qcow2'), tmp.path('base.raw')],
+  ]) {
+    const r = await vdisk(['convert', ...args]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^vdisk convert: Failed to get "write" lock; is another process using the image \[.*\]\?\n$/);
+    assertBytesEqual(await readFile(tmp.path('base.raw')), data, args.join(' '));
   }
 });
 
