@@ -143,6 +143,37 @@ describe('vdisk convert against qemu-img convert', () => {
     await convertBoth(t, 'dirty.qcow2', sources[2]!, ['-n', '-O', 'qcow2'], 'qcow2', dirty);
   });
 
+  it('-n into an nbd:// export of qemu-nbd, with and without --target-is-zero', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
+    for (const [i, zeroFlag] of [[], ['--target-is-zero']].entries()) {
+      const results: Record<string, string> = {};
+      for (const tool of ['vdisk', 'qemu-img'] as const) {
+        const file = tmp.path(`nbd-target-${i}-${tool}.qcow2`);
+        await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(SIZE)]);
+        const server = await qemuNbd(tmp.path(`t${i}-${tool}.sock`), file, ['-f', 'qcow2']);
+        try {
+          const args = ['convert', '-n', ...zeroFlag, '-f', 'qcow2', '-O', 'raw', tmp.path('backed.qcow2'), server.uri];
+          if (tool === 'vdisk') {
+            const r = await vdisk(args);
+            assert.equal(r.code, 0, r.stderr);
+          } else {
+            await runOk('qemu-img', args);
+          }
+        } finally {
+          await server.stop();
+        }
+        results[tool] = file;
+      }
+      const cmp = await run('qemu-img', ['compare', tmp.path('backed.qcow2'), results.vdisk!]);
+      assert.equal(cmp.stdout, 'Images are identical.\n', cmp.stderr);
+      const check = await run('qemu-img', ['check', results.vdisk!]);
+      assert.equal(check.code, 0, check.stdout);
+      const [usage, qemuUsage] = [await diskUsage(results.vdisk!, 'qcow2'), await diskUsage(results['qemu-img']!, 'qcow2')];
+      t.diagnostic(`nbd target ${zeroFlag.join(' ')}: vdisk ${usage} B, qemu-img ${qemuUsage} B`);
+      assert.ok(usage <= qemuUsage, `vdisk's target takes ${usage} B, qemu-img's ${qemuUsage} B`);
+    }
+  });
+
   it('-B makes an overlay that holds only what the source adds to its backing file', async (t) => {
     if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
     const src = sources[2]!;
