@@ -9,10 +9,11 @@ export interface SparseRun {
 
 /**
  * Splits `buf`, bound for the target at `offset`, into runs to write and runs to leave sparse,
- * as qemu-img convert's -S does. Zeros are looked for in whole `granule` blocks aligned in the
- * target (so a sparse run never leaves a partial block to read-modify-write); a run of zero
- * blocks is left sparse when it is at least `minZero` bytes long, or when it touches an end of
- * the buffer, where skipping it splits no write.
+ * as qemu-img convert's -S does. Zeros are looked for in `granule` blocks aligned in the target,
+ * so that inside the buffer a sparse run never leaves a partial block to read-modify-write (a
+ * partial block at either end of the buffer counts as a block of its own). A run of zero blocks
+ * is left sparse when it is at least `minZero` bytes long, or when it touches an end of the
+ * buffer, where skipping it splits no write.
  */
 export function sparseRuns(buf: Uint8Array, offset: number, granule: number, minZero: number): SparseRun[] {
   const length = buf.byteLength;
