@@ -87,7 +87,11 @@ export async function check(argv: string[], io: CliIo): Promise<number> {
     for (const m of result.messages) io.stderr.write(m + '\n');
   }
   if (!quiet) print(io, output === 'json' ? qemuJson(jsonReport(result, node, fixed)) : humanReport(result).join('\n'));
-  if (result.checkErrors) return EXIT.errors;
+  if (result.checkErrors) {
+    // qemu-img's last word when the check itself could not read everything.
+    io.stderr.write('vdisk check: Check failed\n');
+    return EXIT.errors;
+  }
   if (result.corruptions) return EXIT.corrupt;
   if (result.leaks) return EXIT.leaks;
   return EXIT.clean;

@@ -45,7 +45,7 @@ export async function openForCreate(path: string): Promise<CreatedFile> {
     if (!st.isFile()) throw new BlockError('EINVAL', `Could not create '${path}': not a regular file`, ctx);
     if (native) {
       const { perm, shared } = permissionsFor(true, true);
-      applyLocks(native, fh.fd, path, perm, shared);
+      await applyLocks(native, fh.fd, path, perm, shared);
     }
   } catch (err) {
     await fh.close();

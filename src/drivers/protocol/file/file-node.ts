@@ -101,7 +101,7 @@ export class FileNode extends BlockNode {
       if (locking === 'on' && !native) throw new NotSupportedError('locking=on needs the native addon, which is not loaded', ctx);
       const { perm, shared } = permissionsFor(!opts.readOnly, opts.exclusive ?? false);
       const locked = locking !== 'off' && native !== null;
-      if (locked) applyLocks(native!, fh.fd, path, perm, shared);
+      if (locked) await applyLocks(native!, fh.fd, path, perm, shared);
       // While we hold a lock that shares no WRITE, no cooperating process writes the file.
       return new FileNode({ ...opts, cache }, fh, size, isBlockDevice, locked && (shared & PERM.WRITE) === 0);
     } catch (err) {

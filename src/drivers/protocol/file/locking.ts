@@ -29,21 +29,35 @@ export function permissionsFor(writable: boolean, exclusive: boolean): { perm: n
 }
 
 /** Takes the lock bytes for (perm, shared) on fd and fails with E_LOCKED if another holder conflicts. */
-export function applyLocks(addon: NativeAddon, fd: number, path: string, perm: number, shared: number): void {
+export async function applyLocks(addon: NativeAddon, fd: number, path: string, perm: number, shared: number): Promise<void> {
   for (let i = 0; i < PERM_BITS; i++) {
     const bit = 1 << i;
     if (perm & bit) lockByte(addon, fd, path, LOCK_PERM_BASE + i);
     if (~shared & ALL & bit) lockByte(addon, fd, path, LOCK_SHARED_BASE + i);
   }
+  // An OFD lock lives as long as its open file description, which can briefly outlive the
+  // descriptor that took it: a child between fork and exec holds a copy of every descriptor, so
+  // a process that closes an image while spawning a program and reopens it at once can meet
+  // its own lock. Such a holder lets go within milliseconds; a real one stays.
+  for (let attempt = 0; ; attempt++) {
+    const conflict = lockConflict(addon, fd, perm, shared);
+    if (conflict === undefined) return;
+    if (attempt === LOCK_RETRIES) throw locked(path, conflict);
+    await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
+  }
+}
+
+const LOCK_RETRIES = 5;
+const LOCK_RETRY_MS = 10;
+
+/** QEMU's message for the first permission another opener's locks deny us, if any. */
+function lockConflict(addon: NativeAddon, fd: number, perm: number, shared: number): string | undefined {
   for (let i = 0; i < PERM_BITS; i++) {
     const bit = 1 << i;
-    if (perm & bit && addon.ofdGetLock(fd, 'write', LOCK_SHARED_BASE + i, 1)) {
-      throw locked(path, `Failed to get "${PERM_NAMES[i]}" lock`);
-    }
-    if (~shared & ALL & bit && addon.ofdGetLock(fd, 'write', LOCK_PERM_BASE + i, 1)) {
-      throw locked(path, `Failed to get shared "${PERM_NAMES[i]}" lock`);
-    }
+    if (perm & bit && addon.ofdGetLock(fd, 'write', LOCK_SHARED_BASE + i, 1)) return `Failed to get "${PERM_NAMES[i]}" lock`;
+    if (~shared & ALL & bit && addon.ofdGetLock(fd, 'write', LOCK_PERM_BASE + i, 1)) return `Failed to get shared "${PERM_NAMES[i]}" lock`;
   }
+  return undefined;
 }
 
 function lockByte(addon: NativeAddon, fd: number, path: string, byte: number): void {

@@ -353,7 +353,8 @@ function assertSameVerdict(ours: Verdict, theirs: Verdict, what: string, fixed =
  */
 function assertSameMessages(ours: Verdict, theirs: Verdict, what: string): void {
   const split = (stderr: string) => {
-    const lines = stderr.split('\n');
+    // The tools name themselves ("qemu-img: Check failed", "vdisk check: Check failed").
+    const lines = stderr.split('\n').map((l) => l.replace(/^(qemu-img|vdisk check): /, ''));
     const marking = lines.filter((l) => l.startsWith('qcow2: Marking image as corrupt'));
     return { marking, rest: lines.filter((l) => !marking.includes(l)) };
   };

@@ -127,7 +127,7 @@ describe('qcow2 create: option checking', () => {
     const holder = await open(file, 'r+');
     try {
       const { perm, shared } = permissionsFor(true, true);
-      applyLocks(native!, holder.fd, file, perm, shared);
+      await applyLocks(native!, holder.fd, file, perm, shared);
       await assert.rejects(createQcow2({ filename: file, size: M, options: {} }), (err: unknown) => {
         assert.ok(err instanceof BlockError && err.code === 'E_LOCKED', String(err));
         assert.ok(!err.message.includes('\n'));
