@@ -76,13 +76,18 @@ async function startServer(server: ServerName, format: Format, file: string): Pr
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   for (let tries = 0; ; tries++) {
-    if (proc.exitCode !== null) throw new Error(`${cmd} exited ${proc.exitCode}: ${err.trim()}`);
+    if (hasExited(proc)) throw new Error(`${cmd} exited (${proc.exitCode ?? proc.signalCode}): ${err.trim()}`);
     // The file appears at bind, a moment before listen: a connection proves the server is up.
     if (existsSync(socket) && (await connects(socket))) return { proc, socket };
-    if (tries > 500) throw new Error(`${cmd} did not listen on ${socket}: ${err.trim()}`);
+    if (tries > 500) {
+      await stopServer(proc);
+      throw new Error(`${cmd} did not listen on ${socket}: ${err.trim()}`);
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+const hasExited = (proc: ChildProcess) => proc.exitCode !== null || proc.signalCode !== null;
 
 function connects(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -94,7 +99,7 @@ function connects(socket: string): Promise<boolean> {
 
 /** SIGTERM, then waits for the exit: every server here flushes and closes its image on it. */
 async function stopServer(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
+  if (hasExited(proc)) return;
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   proc.kill('SIGTERM');
   await exited;
