@@ -14,6 +14,11 @@
 // idle for 10 s retires, down to the minimum.
 #include <uv.h>
 
+#ifdef __linux__
+#include <sys/uio.h>
+#endif
+
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -62,6 +67,43 @@ double Transfer(const Request& r) {
     done += static_cast<size_t>(n);
   }
   return static_cast<double>(done);
+#endif
+}
+
+// preadNowait(fd, buffer, offset): a read served from the page cache on the
+// calling thread, or -1 when it would have to wait for the disk (or the file
+// system cannot say): the caller then queues it. A read that the page cache
+// can serve costs less than handing it to a thread and back.
+Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  int64_t offset;
+  if (!ArgCount(info, 3) || !ArgFd(info, 0, "fd", &fd) ||
+      !ArgUint(info, 2, "offset", &offset))
+    return env.Undefined();
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (napi_get_typedarray_info(env, info[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    if (env.IsExceptionPending()) env.GetAndClearPendingException();
+    ThrowTypeError(env, "ERR_INVALID_ARG_TYPE", "The \"buffer\" argument must be a Uint8Array");
+    return env.Undefined();
+  }
+#if defined(__linux__) && defined(RWF_NOWAIT)
+  struct iovec iov = {data, length};
+  ssize_t n;
+  do {
+    n = preadv2(fd, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  // Short: part of it is not cached, or the file ends; the queue tells which.
+  if (n < 0 || static_cast<size_t>(n) != length) return Napi::Number::New(env, -1);
+  return Napi::Number::New(env, static_cast<double>(n));
+#else
+  (void)fd;
+  (void)offset;
+  (void)data;
+  return Napi::Number::New(env, -1);
 #endif
 }
 
@@ -190,22 +232,26 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     if (n == 0) return env.Undefined();
     if (in_flight_ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
     in_flight_ += n;
-    bool wake;
+    size_t bytes = 0;
+    for (Request* r : batch) bytes += r->length;
+    size_t wake;
     int spawn = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       todo_.insert(todo_.end(), batch.begin(), batch.end());
-      wake = idle_ > 0;
+      // A futex wake costs the event loop more than a page-cache read of a
+      // few KiB, and on a busy machine the woken thread may take this very
+      // core: small requests wake one thread, which wakes the next while work
+      // remains (Serve). Large ones are worth a wake-up each, as QEMU's pool
+      // gives them, rather than waiting on that chain one hop at a time.
+      wake = std::min<size_t>(idle_, bytes >= kWakeEachBytes ? n : 1);
       // One more thread per call while none is idle: threads that wait on the
       // disk are replaced turn by turn; page-cache work, which never leaves a
       // request waiting long, stays on few threads.
-      if (!wake && alive_ < max_threads_) spawn = 1;
+      if (idle_ == 0 && alive_ < max_threads_) spawn = 1;
       alive_ += spawn;
     }
-    // One wake-up per call at most: a futex wake costs the event loop more
-    // than a page-cache read, and on a busy machine the woken thread may take
-    // this very core. Threads wake each other while work remains (Serve).
-    if (wake) cv_.notify_one();
+    for (size_t i = 0; i < wake; i++) cv_.notify_one();
     for (int i = 0; i < spawn; i++) std::thread([this] { Serve(); }).detach();
     return env.Undefined();
   }
@@ -300,6 +346,8 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
 
   // Threads kept when idle (the rest retire after 10 s without work).
   static constexpr int kMinThreads = 2;
+  // Submissions of at least this many bytes wake a thread per request.
+  static constexpr size_t kWakeEachBytes = 256 * 1024;
 
   // Guards the submission side and the thread counts.
   std::mutex mu_;
@@ -327,6 +375,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
 
 void InitIoQueue(Napi::Env env, Napi::Object exports) {
   exports.Set("IoQueue", IoQueue::Define(env));
+  exports.Set("preadNowait", Napi::Function::New(env, PreadNowait, "preadNowait"));
 }
 
 }  // namespace vdisk

@@ -81,6 +81,12 @@ export interface NativeAddon {
    * moved, or -errno. Completions arrive in batches, one call per
    * event-loop wake-up. Only requests in flight keep the process alive.
    */
+  /**
+   * preadv2(RWF_NOWAIT) on the calling thread: all of `buffer` from `offset` when the page cache
+   * holds it, else -1 (part of it would need the disk, the file ends inside it, or the file
+   * system cannot tell); the caller then reads it through an IoQueue.
+   */
+  preadNowait(fd: number, buffer: Uint8Array, offset: number): number;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
@@ -122,6 +128,7 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'alignedBuffer',
   'mapData',
   'IoQueue',
+  'preadNowait',
 ];
 
 function disabledByEnv(): boolean {

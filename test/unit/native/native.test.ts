@@ -267,6 +267,23 @@ describe('native addon', { skip: skipReason }, () => {
     });
   });
 
+  describe('preadNowait', () => {
+    it('reads what the page cache holds; -1 when the read would be short', () => {
+      const p = tmp('nowait.img');
+      fs.writeFileSync(p, Buffer.alloc(8192, 9)); // just written: in the page cache
+      const fd = fs.openSync(p, 'r');
+      try {
+        const buf = new Uint8Array(4096);
+        assert.equal(addon().preadNowait(fd, buf, 4096), 4096);
+        assert.equal(buf[4095], 9);
+        assert.equal(addon().preadNowait(fd, new Uint8Array(4096), 6144), -1, 'the file ends inside it');
+        assert.throws(() => addon().preadNowait(fd, {} as Uint8Array, 0), (e: NodeJS.ErrnoException) => e.code === 'ERR_INVALID_ARG_TYPE');
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  });
+
   describe('IoQueue', () => {
     it('refuses bad arguments with Node-style errors', () => {
       const n = addon();
