@@ -22,6 +22,9 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
     else res.corruptions++;
   };
 
+  // A damaged L1 can name one L2 table thousands of times; each naming is reported, as QEMU
+  // does, but the table's findings are worked out once (and are none once it is repaired).
+  const findings = new Map<number, { line: string; index: number; copied: boolean }[]>();
   for (const [index, l1Entry] of t.l1Entries().entries()) {
     const l2 = Number(l1Entry & L1E_OFFSET_MASK);
     if (l2 === 0) continue;
@@ -35,20 +38,25 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
       report(`L2 cluster: l1_index=${index} l1_entry=${l1Entry.toString(16)} refcount=${l2Refcount}`);
     }
 
+    let found = findings.get(l2);
     const table = await ctx.readL2(l2);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const wrong: { index: number; copied: boolean }[] = [];
-    for (let i = 0; i < cs / entrySize; i++) {
-      const entry = dv.getBigUint64(i * entrySize);
-      const host = Number(entry & L2E_OFFSET_MASK);
-      if (entry & OFLAG_COMPRESSED || (!extended && entry & 1n && host === 0)) continue;
-      if (host === 0 && !(dataFile && entry & OFLAG_COPIED)) continue;
-      // Clusters of an external data file always have refcount 1.
-      const refcount = dataFile ? 1 : await refcountOf(host);
-      if (refcount === undefined || ((entry & OFLAG_COPIED) !== 0n) === (refcount === 1)) continue;
-      report(`data cluster: l2_entry=${entry.toString(16)} refcount=${refcount}`);
-      wrong.push({ index: i, copied: refcount === 1 });
+    if (!found) {
+      found = [];
+      for (let i = 0; i < cs / entrySize; i++) {
+        const entry = dv.getBigUint64(i * entrySize);
+        const host = Number(entry & L2E_OFFSET_MASK);
+        if (entry & OFLAG_COMPRESSED || (!extended && entry & 1n && host === 0)) continue;
+        if (host === 0 && !(dataFile && entry & OFLAG_COPIED)) continue;
+        // Clusters of an external data file always have refcount 1.
+        const refcount = dataFile ? 1 : await refcountOf(host);
+        if (refcount === undefined || ((entry & OFLAG_COPIED) !== 0n) === (refcount === 1)) continue;
+        found.push({ line: `data cluster: l2_entry=${entry.toString(16)} refcount=${refcount}`, index: i, copied: refcount === 1 });
+      }
+      findings.set(l2, found);
     }
+    for (const f of found) report(f.line);
+    const wrong = found;
     if (!repair || wrong.length === 0) continue;
     const clash = guard.overlap(l2, cs, 'active L2 table');
     if (clash !== undefined) {
@@ -65,5 +73,7 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
       }
       await t.file.write(l2, table);
     }
+    // Repaired: the next naming of this table finds it right.
+    findings.set(l2, []);
   }
 }
