@@ -1,6 +1,7 @@
-import { INCOMPAT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED } from './constants.js';
+import { INCOMPAT, L1E_OFFSET_MASK, OFLAG_COPIED } from './constants.js';
 import type { CheckContext, CheckFix } from './check-context.js';
 import type { RepairGuard } from './check-overlap.js';
+import { entryOffset } from './l2-entry.js';
 import type { StoredRefcounts } from './check-refcounts.js';
 
 /**
@@ -44,13 +45,18 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
     if (!found) {
       found = [];
       for (let i = 0; i < cs / entrySize; i++) {
-        const entry = dv.getBigUint64(i * entrySize);
-        const host = Number(entry & L2E_OFFSET_MASK);
-        if (entry & OFLAG_COMPRESSED || (!extended && entry & 1n && host === 0)) continue;
-        if (host === 0 && !(dataFile && entry & OFLAG_COPIED)) continue;
+        // Halves as numbers (see walkL2): the BigInt only for a message.
+        const hi = dv.getUint32(i * entrySize);
+        const lo = dv.getUint32(i * entrySize + 4);
+        if (hi === 0 && lo === 0) continue;
+        const copied = (hi & 0x80000000) !== 0;
+        const host = entryOffset(hi, lo);
+        if (hi & 0x40000000 || (!extended && lo & 1 && host === 0)) continue;
+        if (host === 0 && !(dataFile && copied)) continue;
         // Clusters of an external data file always have refcount 1.
         const refcount = dataFile ? 1 : await refcountOf(host);
-        if (refcount === undefined || ((entry & OFLAG_COPIED) !== 0n) === (refcount === 1)) continue;
+        if (refcount === undefined || copied === (refcount === 1)) continue;
+        const entry = (BigInt(hi) << 32n) | BigInt(lo);
         found.push({ line: `data cluster: l2_entry=${entry.toString(16)} refcount=${refcount}`, index: i, copied: refcount === 1 });
       }
       findings.set(l2, found);
