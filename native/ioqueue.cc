@@ -12,6 +12,7 @@
 // requests are submitted and none is idle, up to the maximum (requests that
 // wait on a disk need as many threads as the disk can overlap), and a thread
 // idle for 10 s retires, down to the minimum.
+#include <pthread.h>
 #include <uv.h>
 
 #ifdef __linux__
@@ -23,7 +24,6 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -252,8 +252,41 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
       alive_ += spawn;
     }
     for (size_t i = 0; i < wake; i++) cv_.notify_one();
-    for (int i = 0; i < spawn; i++) std::thread([this] { Serve(); }).detach();
+    if (spawn) Spawn();
     return env.Undefined();
+  }
+
+  // Starts one more serving thread (alive_ already counts it). pthreads, not
+  // std::thread: without C++ exceptions a failed std::thread aborts the
+  // process, where a failed pthread_create only means one thread fewer.
+  void Spawn() {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    // A thread here makes one syscall at a time; it needs no 8 MiB stack.
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t thread;
+    int err = pthread_create(&thread, &attr, [](void* self) -> void* {
+      static_cast<IoQueue*>(self)->Serve();
+      return nullptr;
+    }, this);
+    pthread_attr_destroy(&attr);
+    if (err == 0) return;
+    std::vector<Request*> orphans;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--alive_ > 0) return;  // the others will take the work
+      gone_.notify_all();
+      orphans.assign(todo_.begin(), todo_.end());
+      todo_.clear();
+    }
+    // No thread at all: the requests fail (EAGAIN) rather than wait forever.
+    for (Request* r : orphans) r->result = -static_cast<double>(err);
+    {
+      std::lock_guard<std::mutex> done_lock(done_mu_);
+      done_.insert(done_.end(), orphans.begin(), orphans.end());
+    }
+    uv_async_send(async_);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
