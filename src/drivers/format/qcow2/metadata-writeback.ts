@@ -32,14 +32,22 @@ export class MetadataWriteback {
     this.dataWritten = true;
   }
 
-  /** Runs an in-place data write that holds no lock, so a flush can wait for it. */
-  async inPlace(write: Promise<void>): Promise<void> {
+  /**
+   * Tracks an in-place data write that holds no lock, so a flush can wait for it; once it has
+   * landed, the data file needs flushing before any table that points at it.
+   */
+  inPlace(write: Promise<void>): Promise<void> {
     this.inPlaceWrites.add(write);
-    try {
-      await write;
-    } finally {
-      this.inPlaceWrites.delete(write);
-    }
+    return write.then(
+      () => {
+        this.inPlaceWrites.delete(write);
+        this.dataWritten = true;
+      },
+      (err: unknown) => {
+        this.inPlaceWrites.delete(write);
+        throw err;
+      },
+    );
   }
 
   async flush(): Promise<void> {

@@ -23,6 +23,8 @@ export class OverlapGuard {
     hasDataFile: boolean;
     tables: Qcow2Tables;
     refcounts: () => Promise<Refcounts>;
+    /** The refcounts when already loaded (no promise on the data-write path). */
+    currentRefcounts: () => Refcounts | undefined;
     snapshots: readonly Qcow2Snapshot[];
     snapshotTableLength: number;
     signal: CorruptionSignal;
@@ -33,11 +35,16 @@ export class OverlapGuard {
     this.metadata = undefined;
   }
 
-  /** Throws E_CORRUPT, after signalling the corruption (marking the image corrupt), when [host, host + length) touches metadata. */
-  async check(host: number, length: number): Promise<void> {
+  /**
+   * Throws E_CORRUPT, after signalling the corruption (marking the image corrupt), when [host,
+   * host + length) touches metadata. Undefined when the write may go ahead and that was known at
+   * once (the usual case: refcounts loaded, map current), so a data write pays no promise for it.
+   */
+  check(host: number, length: number): Promise<void> | undefined {
     const p = this.parts;
-    if (p.hasDataFile || length === 0) return;
-    const refcounts = await p.refcounts();
+    if (p.hasDataFile || length === 0) return undefined;
+    const refcounts = p.currentRefcounts();
+    if (!refcounts) return p.refcounts().then(() => this.check(host, length));
     const cs = p.clusterSize;
     if (!this.metadata || this.metadata.tables !== p.tables.version || this.metadata.refcounts !== refcounts.version) {
       const inactiveL1s = p.snapshots.filter((s) => s.l1Size > 0).map((s): [number, number] => [s.l1TableOffset, s.l1TableOffset + s.l1Size * 8]);
@@ -50,7 +57,10 @@ export class OverlapGuard {
     // Whole clusters, as for the rest: QEMU aligns the range of a metadata check to clusters.
     const range = this.metadata.inactiveL1s.find(([start, end]) => start < (last + 1) * cs && end > first * cs);
     hit ??= range && Math.max(first * cs, range[0] - (range[0] % cs));
-    if (hit !== undefined) throw await p.signal.signal(`Preventing invalid write on metadata at host offset 0x${hit.toString(16)}`);
+    if (hit === undefined) return undefined;
+    return p.signal.signal(`Preventing invalid write on metadata at host offset 0x${hit.toString(16)}`).then((err) => {
+      throw err;
+    });
   }
 
   private metadataClusters(refcounts: Refcounts): Set<number> {

@@ -110,7 +110,7 @@ export class Qcow2Node extends BlockNode {
     const writeback = (this.writeback = new MetadataWriteback({ file, dataFile: this.dataFile, tables, refcounts, lazy, clusterSize: g.clusterSize, l2CacheBytes: cache.l2Entries * cache.l2EntrySize }));
     const guard = (this.guard = new OverlapGuard({
       header: h, clusterSize: g.clusterSize, hasDataFile: g.hasDataFile, tables, refcounts: loadRefcounts,
-      snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, signal,
+      currentRefcounts: () => refcounts.current, snapshots: parts.snapshots, snapshotTableLength: parts.snapshotTableLength, signal,
     }));
     const editor = (this.editor = new L2Editor(g, tables, refcounts, lazy));
     const lock = this.lock;
