@@ -3,9 +3,9 @@ import { queuedIo, queuedRead, queuedWrite } from './io-queue.js';
 
 /*
  * Positional reads and writes on a descriptor. With the native addon they go through its I/O
- * queue (io-queue.ts); without it, through fs's callback API: FileHandle's promise API costs about two
- * and a half times as much per 4 KiB request (measured). Short transfers continue until done (or
- * EOF for reads).
+ * queue (io-queue.ts); without it, through fs's callback API: FileHandle's promise API costs
+ * about two and a half times as much per 4 KiB request (measured). Short transfers continue
+ * until done (or EOF for reads).
  */
 
 /** Reads into `buf` from `position` until it is full or the file ends; returns the bytes read. */

@@ -43,12 +43,17 @@ function errnoError(errno: number, write: boolean): Error {
 const pending: (Pending | undefined)[] = [];
 const freeIds: number[] = [];
 
+/** The request `id` stands for; the id is free again. */
+function release(id: number): Pending {
+  const p = pending[id]!;
+  pending[id] = undefined;
+  freeIds.push(id);
+  return p;
+}
+
 function complete(done: Uint32Array, results: Float64Array): void {
   for (let i = 0; i < done.length; i++) {
-    const id = done[i]!;
-    const p = pending[id]!;
-    pending[id] = undefined;
-    freeIds.push(id);
+    const p = release(done[i]!);
     const r = results[i]!;
     if (r >= 0) p.resolve(r);
     else p.reject(errnoError(-r, p.write));
@@ -85,17 +90,10 @@ function flush(): void {
     queue!.submit(n, ids, fds, offsets, writes, buffers);
   } catch (err) {
     // Only a bad argument gets here (a closed descriptor fails in its own completion).
-    for (let i = 0; i < n; i++) fail(ids[i]!, err as Error);
+    for (let i = 0; i < n; i++) release(ids[i]!).reject(err as Error);
   } finally {
     buffers.length = 0;
   }
-}
-
-function fail(id: number, err: Error): void {
-  const p = pending[id]!;
-  pending[id] = undefined;
-  freeIds.push(id);
-  p.reject(err);
 }
 
 function submit(fd: number, buf: Uint8Array, offset: number, write: boolean): Promise<number> {
