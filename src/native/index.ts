@@ -26,10 +26,11 @@ export interface OfdLockHolder {
 
 export interface IoQueueHandle {
   /**
-   * Queues requests [0, count): read (writes[i] = 0) or write all of buffers[i] at offsets[i] on
-   * fds[i]; completions name ids[i]. The arrays are copied at once and may be reused.
+   * Queues requests [0, count): read (kinds[i] = 0) or write all of buffers[i] at offsets[i] on
+   * fds[i], as a buffered write (1: at most two run at once) or one that may overlap others (2,
+   * O_DIRECT); completions name ids[i]. The arrays are copied at once and may be reused.
    */
-  submit(count: number, ids: Uint32Array, fds: Int32Array, offsets: Float64Array, writes: Uint8Array, buffers: Uint8Array[]): void;
+  submit(count: number, ids: Uint32Array, fds: Int32Array, offsets: Float64Array, kinds: Uint8Array, buffers: Uint8Array[]): void;
   /** Stops the threads once their current requests finish; later submits throw. */
   close(): void;
 }

@@ -297,6 +297,10 @@ describe('native addon', { skip: skipReason }, () => {
         assert.throws(() => one(-1), (e: NodeJS.ErrnoException) => e instanceof RangeError && e.code === 'ERR_OUT_OF_RANGE');
         assert.throws(() => one(0.5), (e: NodeJS.ErrnoException) => e instanceof RangeError);
         assert.throws(() => one(0, undefined, 2), (e: NodeJS.ErrnoException) => e instanceof RangeError && /count/.test(e.message));
+        assert.throws(
+          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([3]), [new Uint8Array(1)]),
+          (e: NodeJS.ErrnoException) => e instanceof RangeError && /kind/.test(e.message),
+        );
       } finally {
         q.close();
       }
@@ -325,6 +329,44 @@ describe('native addon', { skip: skipReason }, () => {
         fs.closeSync(fd);
       }
     });
+    for (const threads of [1, 3]) {
+      it(`runs buffered writes (two at a time), overlapping writes and reads to the end on ${threads} thread(s)`, async () => {
+        const p = tmp(`kinds-${threads}.img`);
+        const blocks = 300;
+        fs.writeFileSync(p, Buffer.alloc(blocks * 512));
+        const fd = fs.openSync(p, 'r+');
+        const results = new Map<number, number>();
+        let done!: () => void;
+        const all = new Promise<void>((resolve) => (done = resolve));
+        const q = new (addon().IoQueue)(threads, (ids, res) => {
+          ids.forEach((id, i) => results.set(id, res[i]!));
+          if (results.size === 2 * blocks) done();
+        });
+        try {
+          // Three batches: each block is written by kind 1 or 2, and a read of the block behind
+          // the one written rides along, so reads queue beside held writes.
+          const reads = Array.from({ length: blocks }, () => new Uint8Array(512));
+          for (let batch = 0; batch < 3; batch++) {
+            const ids: number[] = [], fds: number[] = [], offsets: number[] = [], kinds: number[] = [], bufs: Uint8Array[] = [];
+            for (let b = batch * 100; b < (batch + 1) * 100; b++) {
+              ids.push(b, blocks + b);
+              fds.push(fd, fd);
+              offsets.push(b * 512, ((b + blocks - 1) % blocks) * 512);
+              kinds.push(b % 3 === 0 ? 2 : 1, 0);
+              bufs.push(new Uint8Array(512).fill(b % 251), reads[b]!);
+            }
+            q.submit(ids.length, new Uint32Array(ids), new Int32Array(fds), new Float64Array(offsets), new Uint8Array(kinds), bufs);
+          }
+          await all;
+          assert.ok([...results.values()].every((r) => r === 512));
+          const image = fs.readFileSync(p);
+          for (let b = 0; b < blocks; b++) assert.equal(image[b * 512 + 511], b % 251, `block ${b}`);
+        } finally {
+          q.close();
+          fs.closeSync(fd);
+        }
+      });
+    }
   });
 
   describe('fdatasync / fadvise', () => {

@@ -67,7 +67,8 @@ let count = 0;
 let ids = new Uint32Array(64);
 let fds = new Int32Array(64);
 let offsets = new Float64Array(64);
-let writes = new Uint8Array(64);
+/** Per request: 0 read, 1 buffered write, 2 write that may run beside others (O_DIRECT). */
+let kinds = new Uint8Array(64);
 const buffers: Uint8Array[] = [];
 
 function grow(): void {
@@ -80,14 +81,14 @@ function grow(): void {
   ids = more(ids, (n) => new Uint32Array(n));
   fds = more(fds, (n) => new Int32Array(n));
   offsets = more(offsets, (n) => new Float64Array(n));
-  writes = more(writes, (n) => new Uint8Array(n));
+  kinds = more(kinds, (n) => new Uint8Array(n));
 }
 
 function flush(): void {
   const n = count;
   count = 0;
   try {
-    queue!.submit(n, ids, fds, offsets, writes, buffers);
+    queue!.submit(n, ids, fds, offsets, kinds, buffers);
   } catch (err) {
     // Only a bad argument gets here (a closed descriptor fails in its own completion).
     for (let i = 0; i < n; i++) release(ids[i]!).reject(err as Error);
@@ -96,16 +97,16 @@ function flush(): void {
   }
 }
 
-function submit(fd: number, buf: Uint8Array, offset: number, write: boolean): Promise<number> {
+function submit(fd: number, buf: Uint8Array, offset: number, kind: 0 | 1 | 2): Promise<number> {
   queue ??= new native!.IoQueue(MAX_THREADS, complete);
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
-    pending[id] = { buf, write, resolve, reject };
+    pending[id] = { buf, write: kind !== 0, resolve, reject };
     if (count === ids.length) grow();
     ids[count] = id;
     fds[count] = fd;
     offsets[count] = offset;
-    writes[count] = write ? 1 : 0;
+    kinds[count] = kind;
     buffers[count] = buf;
     if (count++ === 0) setImmediate(flush);
   });
@@ -139,10 +140,14 @@ export function queuedRead(fd: number, buf: Uint8Array, offset: number): Promise
     const n = native!.preadNowait(fd, buf, offset);
     if (n === buf.byteLength) return Promise.resolve(n);
   }
-  return submit(fd, buf, offset, false);
+  return submit(fd, buf, offset, 0);
 }
 
-/** Writes all of `buf` at `offset`. */
-export async function queuedWrite(fd: number, buf: Uint8Array, offset: number): Promise<void> {
-  await submit(fd, buf, offset, true);
+/**
+ * Writes all of `buf` at `offset`. Buffered writes to a file run one at a time in the kernel
+ * (the inode lock), so the queue runs only two at once; `direct` (O_DIRECT) writes overlap in
+ * the device and are not held back.
+ */
+export async function queuedWrite(fd: number, buf: Uint8Array, offset: number, direct = false): Promise<void> {
+  await submit(fd, buf, offset, direct ? 2 : 1);
 }
