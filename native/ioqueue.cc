@@ -8,10 +8,10 @@
 // them: one call into JS per wake-up, with the ids and results of every
 // request finished since the last.
 //
-// Threads come and go much as QEMU's thread pool's do: one more whenever
-// requests are submitted and none is idle, up to the maximum (requests that
-// wait on a disk need as many threads as the disk can overlap), and a thread
-// idle for 10 s retires, down to the minimum.
+// Threads come and go much as QEMU's thread pool's do: more whenever requests
+// are submitted and none is idle, up to the maximum (requests that wait on a
+// disk need as many threads as the disk can overlap), and a thread idle for
+// 10 s retires, down to the minimum.
 //
 // Buffered writes are where we part from QEMU. ext4 and XFS take the inode's
 // lock exclusively for a buffered write, so writes to one file run one at a
@@ -264,13 +264,20 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
       // remains (Serve). Large ones are worth a wake-up each, as QEMU's pool
       // gives them, rather than waiting on that chain one hop at a time.
       wake = Runnable() ? std::min<size_t>(idle_, bytes >= kWakeEachBytes ? n : 1) : 0;
-      // One more thread per call while none is idle: threads that wait on the
-      // disk are replaced turn by turn; page-cache work, which never leaves a
-      // request waiting long, stays on few threads.
-      if (idle_ == 0 && alive_ < max_threads_ && Runnable()) spawn = 1;
+      // Small requests: one more thread per call while none is idle. Page-cache
+      // work never leaves a request waiting long and stays on few threads;
+      // threads that wait on the disk are replaced turn by turn. Large ones
+      // (a sequential copy, whose readahead the disk may not have kept up
+      // with) get a thread each, as in QEMU's pool, so that as many reach the
+      // disk at once as are in flight.
+      if (idle_ == 0 && alive_ < max_threads_ && Runnable())
+        spawn = bytes >= kWakeEachBytes ? std::min<int>(n, max_threads_ - alive_) : 1;
       alive_ += spawn;
+      backlog_ += spawn > 1 ? spawn - 1 : 0;
     }
     for (size_t i = 0; i < wake; i++) cv_.notify_one();
+    // One thread starts here; each new thread starts the next of the backlog,
+    // so the event loop pays for one pthread_create, not dozens.
     if (spawn) Spawn();
     return env.Undefined();
   }
@@ -294,6 +301,8 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     std::vector<Request*> orphans;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      alive_ -= backlog_;  // no chain to start them now
+      backlog_ = 0;
       if (--alive_ > 0) return;  // the others will take the work
       gone_.notify_all();
       orphans.assign(todo_.begin(), todo_.end());
@@ -317,6 +326,12 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
 
   void Serve() {
     std::unique_lock<std::mutex> lock(mu_);
+    if (backlog_ > 0 && !stopping_) {
+      backlog_--;
+      lock.unlock();
+      Spawn();
+      lock.lock();
+    }
     for (;;) {
       bool timed_out = false;
       while (!Runnable() && !stopping_ && !timed_out) {
@@ -390,6 +405,8 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     {
       std::unique_lock<std::mutex> lock(mu_);
       stopping_ = true;
+      alive_ -= backlog_;  // threads never to be started
+      backlog_ = 0;
       cv_.notify_all();
       // Threads finish the request in hand; none touches this object after.
       gone_.wait(lock, [this] { return alive_ == 0; });
@@ -427,7 +444,8 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   std::deque<Request*> held_;
   int writers_ = 0;
   int idle_ = 0;
-  int alive_ = 0;
+  int alive_ = 0;  // counts the backlog too
+  int backlog_ = 0;  // threads still to start, one by the other
   int max_threads_ = 1;
   bool stopping_ = false;
   // Guards the completion side, so finishing threads and the event loop do
