@@ -26,6 +26,23 @@ import { snapshotInfoJson, snapshotTableHuman, type Qcow2Snapshot } from './snap
 import { Qcow2Tables } from './tables.js';
 import { ZeroWriter } from './zero-writer.js';
 
+/** What a whole-image operation (amend, preallocation, a new backing link) works with; see maintain(). */
+export interface Qcow2Internals {
+  g: Qcow2Geometry;
+  header: Qcow2Header;
+  file: BlockNode;
+  dataFile: BlockNode;
+  backing: BlockNode | undefined;
+  snapshots: readonly Qcow2Snapshot[];
+  tables: Qcow2Tables;
+  refcounts: RefcountLoader;
+  mapping: Qcow2Mapping;
+  editor: L2Editor;
+  writeback: MetadataWriteback;
+  guard: OverlapGuard;
+  lazy: LazyRefcounts;
+}
+
 /** Node options plus QEMU's qcow2 runtime options. */
 export interface Qcow2Options extends NodeOptions, CacheOptions {
   /** QEMU's lazy-refcounts option; by default what the header's compatible bit says. */
@@ -276,12 +293,31 @@ export class Qcow2Node extends BlockNode {
   protected override async _resize(size: number): Promise<void> {
     this.refuseIfCorrupt('resize');
     await this.settleAutoclear();
+    if (this.snapshots.length > 0 && this.header.version < 3) {
+      // A v2 snapshot does not record its disk size: it would take the new one.
+      throw new NotSupportedError("Can't resize a v2 image which has snapshots", this.ctx('resize'));
+    }
     if (this.snapshots.length > 0 && size < this.header.size) {
       throw new NotSupportedError("qcow2: can't shrink an image which has snapshots", this.ctx('resize'));
     }
     await this.lock.run(() => resizeQcow2(size, {
       g: this.g, header: this.header, file: this.file!, dataFile: this.dataFile, tables: this.tables,
       refcounts: this.refcounts, editor: this.editor, writeback: this.writeback, guard: this.guard,
+    }));
+  }
+
+  /**
+   * Runs a whole-image operation (amend, preallocation, a new backing link; each in its own
+   * file) with the metadata lock held, after the checks a guest write makes.
+   */
+  async maintain<T>(op: string, fn: (parts: Qcow2Internals) => Promise<T>): Promise<T> {
+    if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', this.ctx(op));
+    this.refuseIfCorrupt(op);
+    await this.settleAutoclear();
+    return this.lock.run(() => fn({
+      g: this.g, header: this.header, file: this.file!, dataFile: this.dataFile, backing: this.backing, snapshots: this.snapshots,
+      tables: this.tables, refcounts: this.refcounts, mapping: this.mapping, editor: this.editor, writeback: this.writeback,
+      guard: this.guard, lazy: this.lazy,
     }));
   }
 
