@@ -11,11 +11,10 @@ import { afterEach } from 'node:test';
 import type { BlockNode } from '../../src/core/block-node.js';
 import { NbdExport, NbdServer, type ExportOptions, type NbdServerOptions } from '../../src/nbd/server/index.js';
 import {
-  encodeOptionHeader, encodeRequest, IHAVEOPT, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO,
-  NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
-  NBD_STRUCTURED_REPLY_MAGIC, NBDMAGIC, type Request,
+  encodeInfoRequest, encodeOptionHeader, encodeRequestHeader, IHAVEOPT, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES,
+  NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC, NBDMAGIC, REQUEST_HEADER_SIZE,
 } from '../../src/nbd/protocol.js';
-import { encodeGoPayload } from '../../src/nbd/client/option-codec.js';
 import { makeTmpDir, type TmpDir } from './tmp.js';
 
 export interface TestServer {
@@ -89,6 +88,22 @@ export interface Chunk {
   type: number;
   cookie: bigint;
   payload: Buffer;
+}
+
+/** A request as tests write it: 64-bit fields as bigints, so any value the wire can carry is sent. */
+export interface TestRequest {
+  flags: number;
+  type: number;
+  cookie: bigint;
+  offset: bigint;
+  length: number;
+}
+
+/** The protocol's request encoder, fed from bigints. */
+export function encodeTestRequest(r: TestRequest): Buffer {
+  const [cookieHigh, cookieLow, offsetHigh, offsetLow] = [r.cookie >> 32n, r.cookie, r.offset >> 32n, r.offset].map((v) => Number(v & 0xffffffffn));
+  return encodeRequestHeader(Buffer.alloc(REQUEST_HEADER_SIZE), 0,
+    { flags: r.flags, type: r.type, cookieHigh: cookieHigh!, cookieLow: cookieLow!, offsetHigh: offsetHigh!, offsetLow: offsetLow!, length: r.length });
 }
 
 /** A reply as received: simple (error, cookie) or one structured chunk. */
@@ -217,8 +232,8 @@ export class RawClient {
 
   // ---- transmission -------------------------------------------------------------------------
 
-  request(r: Partial<Request> & { type: number }, payload?: Uint8Array): void {
-    const header = encodeRequest({ flags: 0, cookie: 1n, offset: 0n, length: payload?.byteLength ?? 0, ...r });
+  request(r: Partial<TestRequest> & { type: number }, payload?: Uint8Array): void {
+    const header = encodeTestRequest({ flags: 0, cookie: 1n, offset: 0n, length: payload?.byteLength ?? 0, ...r });
     this.write(payload ? Buffer.concat([header, payload]) : header);
   }
 
@@ -250,7 +265,7 @@ export class RawClient {
 
 /** NBD_OPT_INFO/GO data: name, then the requested info types (the client's encoder). */
 export function infoRequest(name: string, infos: number[] = []): Buffer {
-  return encodeGoPayload(name, infos);
+  return encodeInfoRequest(name, infos);
 }
 
 /** LIST/SET_META_CONTEXT data: name, then the queries. */

@@ -6,7 +6,7 @@ import {
   COMMAND_NAMES, CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM,
   NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_FAST_ZERO,
-  NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES,
+  NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES, MAX_PAYLOAD,
 } from '../protocol.js';
 import { ByteReader } from './byte-reader.js';
 import { isConnectionLoss, NbdConnection, type Command } from './connection.js';
@@ -47,8 +47,6 @@ export interface ZeroFlags {
   fastZero?: boolean;
 }
 
-/** A portable client keeps payloads at or under 32 MiB whatever the server advertises (spec §4). */
-const MAX_PAYLOAD = 32 * 1024 * 1024;
 /** Largest length of one request without payload (trim, zero, block status); the field is 32 bits. */
 const MAX_EFFECT_LENGTH = 2 ** 31;
 /** Pause between reconnect attempts grows to this. */
@@ -110,7 +108,10 @@ export class NbdClient {
     return this.contextIds.has(name);
   }
 
-  /** Largest read or write payload per request: the server's maximum, at most 32 MiB, in whole blocks. */
+  /**
+   * Largest read or write payload per request: the server's maximum, in whole blocks, and at most
+   * 32 MiB whatever the server advertises, as a portable client keeps them (spec §4).
+   */
   get maxPayload(): number {
     const { minimum, maximum } = this.info.blockSizes;
     return alignDown(Math.min(maximum, MAX_PAYLOAD), minimum);

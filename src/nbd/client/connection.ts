@@ -1,18 +1,14 @@
 import { BlockError, type BlockErrorCode } from '../../core/errors.js';
 import { STRERROR } from '../../core/strerror.js';
 import {
-  COMMAND_NAMES, NBD_CMD_BLOCK_STATUS, NBD_CMD_DISC, NBD_CMD_READ, NBD_ESHUTDOWN, NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_FLAG_ERROR, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, SIMPLE_REPLY_SIZE,
-  STRUCTURED_REPLY_HEADER_SIZE, blockCodeFor, encodeRequest,
+  blockCodeFor, COMMAND_NAMES, decodeBlockStatus, decodeError, decodeHole, decodeOffsetData, decodeReplyHeader,
+  emptyReplyHeader, encodeRequestHeader, high32, joinU64, low32, MAX_ERROR_PAYLOAD, MAX_STATUS_PAYLOAD, NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_DISC, NBD_CMD_READ, NBD_ERRNO_NAMES, NBD_ESHUTDOWN, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_FLAG_ERROR, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE,
+  OFFSET_DATA_PREFIX, OFFSET_HOLE_PAYLOAD, replyHeaderSize, REQUEST_HEADER_SIZE, SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_HEADER_SIZE, u64Text, type RequestHeader,
 } from '../protocol.js';
-import { decodeBlockStatus, decodeError, decodeHole, MAX_ERROR_PAYLOAD, MAX_STATUS_PAYLOAD } from './chunks.js';
 import type { ExportInfo, Wire } from './handshake.js';
-
-/** Names of the NBD errors, for messages (the wire carries Linux errno values). */
-const NBD_ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN',
-};
 
 /** Errors of requests that failed only because the server went away: safe to send again. */
 const losses = new WeakSet<Error>();
@@ -48,8 +44,10 @@ export interface Command {
   into?: Uint8Array;
 }
 
-interface Pending extends Command {
-  cookie: bigint;
+/** A request in flight: its header fields (cookie and offset as the halves the wire carries) and its progress. */
+interface Pending extends Command, RequestHeader {
+  /** The cookie as a number: the key of `pending` (cookies count up from 1, far below 2^53). */
+  cookie: number;
   /** READ: bytes covered by data and hole chunks so far. */
   covered: number;
   /** READ: [start, end, …] of the chunks, once one arrived out of order. */
@@ -78,8 +76,15 @@ export interface ConnectionOptions {
  * protocol violation, a lost socket or a request timeout fails every pending request at once.
  */
 export class NbdConnection {
-  private readonly pending = new Map<bigint, Pending>();
-  private nextCookie = 1n;
+  private readonly pending = new Map<number, Pending>();
+  private nextCookie = 1;
+  /** Where each reply header is read and decoded: one reply is read at a time. */
+  private readonly replyBytes = Buffer.alloc(STRUCTURED_REPLY_HEADER_SIZE);
+  private readonly replySimplePart = this.replyBytes.subarray(0, SIMPLE_REPLY_SIZE);
+  private readonly replyRest = this.replyBytes.subarray(SIMPLE_REPLY_SIZE);
+  /** An OFFSET_DATA chunk's offset is read here too, once its header is decoded. */
+  private readonly dataOffset = this.replyBytes.subarray(0, OFFSET_DATA_PREFIX);
+  private readonly reply = emptyReplyHeader();
   /** Set once the connection is unusable; every request fails with it. */
   private dead: BlockError | undefined;
   /** Set when no new request may start (server shutdown, close()); pending ones still finish. */
@@ -106,14 +111,17 @@ export class NbdConnection {
     if (stop) return Promise.reject(stop);
     const cookie = this.nextCookie++;
     return new Promise<CommandResult>((resolve, reject) => {
-      const p: Pending = { ...cmd, cookie, covered: 0, resolve, reject };
+      const p: Pending = {
+        ...cmd, cookie, cookieHigh: high32(cookie), cookieLow: low32(cookie),
+        offsetHigh: high32(cmd.offset), offsetLow: low32(cmd.offset), covered: 0, resolve, reject,
+      };
       this.pending.set(cookie, p);
       const ms = this.opts.requestTimeoutMs;
       if (ms > 0) {
         p.timer = setTimeout(() => this.kill('ETIMEDOUT',
           `${COMMAND_NAMES[p.type]} got no reply within ${ms / 1000} s; the connection is closed`, false), ms);
       }
-      const header = encodeRequest({ flags: cmd.flags, type: cmd.type, cookie, offset: BigInt(cmd.offset), length: cmd.length });
+      const header = encodeRequestHeader(Buffer.allocUnsafe(REQUEST_HEADER_SIZE), 0, p);
       const socket = this.wire.socket;
       if (cmd.payload) {
         // One writev for header and payload.
@@ -133,7 +141,10 @@ export class NbdConnection {
     if (this.pending.size > 0 && !this.dead) await new Promise<void>((resolve) => (this.drained = resolve));
     const socket = this.wire.socket;
     if (!this.dead && socket.writable) {
-      const disc = encodeRequest({ flags: 0, type: NBD_CMD_DISC, cookie: this.nextCookie++, offset: 0n, length: 0 });
+      const cookie = this.nextCookie++;
+      const disc = encodeRequestHeader(Buffer.allocUnsafe(REQUEST_HEADER_SIZE), 0, {
+        flags: 0, type: NBD_CMD_DISC, cookieHigh: high32(cookie), cookieLow: low32(cookie), offsetHigh: 0, offsetLow: 0, length: 0,
+      });
       await new Promise<void>((resolve) => socket.end(disc, () => resolve()));
     }
     socket.destroy();
@@ -171,28 +182,29 @@ export class NbdConnection {
 
   private async readReply(): Promise<void> {
     const reader = this.wire.reader;
-    const head = await reader.read(SIMPLE_REPLY_SIZE);
-    const magic = head.readUInt32BE(0);
-    if (magic === NBD_SIMPLE_REPLY_MAGIC) return this.simpleReply(head.readUInt32BE(4), head.readBigUInt64BE(8));
-    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) throw new ProtocolViolation(`bad reply magic 0x${magic.toString(16)}`);
-    const length = (await reader.read(STRUCTURED_REPLY_HEADER_SIZE - SIMPLE_REPLY_SIZE)).readUInt32BE(0);
-    const flags = head.readUInt16BE(4);
-    const type = head.readUInt16BE(6);
-    const p = this.lookup(head.readBigUInt64BE(8));
+    await reader.readInto(this.replySimplePart);
+    const size = replyHeaderSize(this.replyBytes, 0);
+    if (size === 0) throw new ProtocolViolation(`bad reply magic 0x${this.replyBytes.readUInt32BE(0).toString(16)}`);
+    if (size > SIMPLE_REPLY_SIZE) await reader.readInto(this.replyRest);
+    const h = decodeReplyHeader(this.replyBytes, 0, this.reply);
+    if (!h.structured) return this.simpleReply(h.error, h.cookieHigh, h.cookieLow);
+    const { flags, type, length } = h;
+    const p = this.lookup(h.cookieHigh, h.cookieLow);
     if (!this.info.structuredReplies) throw new ProtocolViolation('a structured reply chunk, which was not negotiated');
     await this.chunk(p, type, length);
     if (flags & NBD_REPLY_FLAG_DONE) this.finish(p);
     else if (type === NBD_REPLY_TYPE_NONE) throw new ProtocolViolation('an NBD_REPLY_TYPE_NONE chunk without the DONE flag');
   }
 
-  private lookup(cookie: bigint): Pending {
-    const p = this.pending.get(cookie);
-    if (!p) throw new ProtocolViolation(`a reply for cookie ${cookie}, which no request in flight has`);
+  private lookup(cookieHigh: number, cookieLow: number): Pending {
+    // A cookie above 2^53 rounds, but only to a number no request of ours has.
+    const p = this.pending.get(joinU64(cookieHigh, cookieLow));
+    if (!p) throw new ProtocolViolation(`a reply for cookie ${u64Text(cookieHigh, cookieLow)}, which no request in flight has`);
     return p;
   }
 
-  private async simpleReply(error: number, cookie: bigint): Promise<void> {
-    const p = this.lookup(cookie);
+  private async simpleReply(error: number, cookieHigh: number, cookieLow: number): Promise<void> {
+    const p = this.lookup(cookieHigh, cookieLow);
     if (error !== 0) {
       p.error = this.serverError(p, error, '');
     } else if (p.type === NBD_CMD_READ) {
@@ -229,19 +241,22 @@ export class NbdConnection {
     if (type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE) {
       if (p.type !== NBD_CMD_READ) throw new ProtocolViolation(`read data in the reply to ${COMMAND_NAMES[p.type]}`);
       const data = type === NBD_REPLY_TYPE_OFFSET_DATA;
-      if (data ? length < 9 || length - 8 > p.length : length !== 12) {
+      if (data ? length <= OFFSET_DATA_PREFIX || length - OFFSET_DATA_PREFIX > p.length : length !== OFFSET_HOLE_PAYLOAD) {
         throw new ProtocolViolation(`an ${data ? 'OFFSET_DATA' : 'OFFSET_HOLE'} chunk of ${length} bytes for a read of ${p.length}`);
       }
-      let at: bigint;
+      let at: number;
       let size: number;
-      if (data) [at, size] = [(await reader.read(8)).readBigUInt64BE(0), length - 8];
-      else {
-        const hole = decodeHole(await reader.read(12));
+      if (data) {
+        await reader.readInto(this.dataOffset);
+        [at, size] = [decodeOffsetData(this.dataOffset, 0), length - OFFSET_DATA_PREFIX];
+      } else {
+        const hole = decodeHole(await reader.read(OFFSET_HOLE_PAYLOAD));
         if (typeof hole === 'string') return failRequest(hole);
         [at, size] = [hole.offset, hole.size];
       }
-      const rel = Number(at - BigInt(p.offset));
-      if (at < BigInt(p.offset) || rel + size > p.length) {
+      // Offsets past 2^53 are rounded, but stay past the end of the request all the same.
+      const rel = at - p.offset;
+      if (rel < 0 || rel + size > p.length) {
         throw new ProtocolViolation(`read data for ${size} bytes at ${at}, outside the request (${p.length} bytes at ${p.offset})`);
       }
       if (data) await reader.readInto(p.into!.subarray(rel, rel + size));

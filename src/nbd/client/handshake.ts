@@ -1,24 +1,20 @@
 import type { Duplex } from 'node:stream';
 import { BlockError, type BlockErrorCode } from '../../core/errors.js';
 import {
-  IHAVEOPT, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE,
-  NBD_FLAG_NO_ZEROES, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_MAX_STRING, NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
-  NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_BLOCK_SIZE_REQD,
-  NBD_REP_ERR_POLICY, NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP,
-  NBD_REP_FLAG_ERROR, NBD_REP_INFO, NBD_REP_MAGIC, NBD_REP_META_CONTEXT, NBDMAGIC, OPTION_NAMES,
-  OPTION_REPLY_HEADER_SIZE, encodeOptionHeader,
+  decodeExportNameReply, decodeInfoReply, decodeMetaContextReply, decodeOptionReplyHeader, encodeClientFlags,
+  encodeInfoRequest, encodeMetaRequest, encodeOption, exportNameReplySize, greetingFlags, greetingStyle, MAX_PAYLOAD,
+  NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_INFO_BLOCK_SIZE,
+  NBD_INFO_EXPORT, NBD_MAX_STRING, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS,
+  NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_BLOCK_SIZE_REQD, NBD_REP_ERR_POLICY, NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR, NBD_REP_INFO, NBD_REP_META_CONTEXT,
+  GREETING_SIZE, OPTION_NAMES, OPTION_REPLY_HEADER_SIZE, type BlockSizeInfo,
 } from '../protocol.js';
 import { ByteReader } from './byte-reader.js';
-import { decodeInfoReply, encodeGoPayload, encodeMetaContextPayload, type BlockSizeInfo } from './option-codec.js';
 
-/** The oldstyle greeting's second magic: a server from before option haggling. */
-const CLISERV_MAGIC = 0x00420281861253n;
 /** No option reply the client asks for is this long; a longer one is a broken or hostile server. */
 const MAX_OPTION_REPLY = NBD_MAX_STRING + 64;
-/** The zero padding after an NBD_OPT_EXPORT_NAME reply, unless NO_ZEROES was agreed. */
-const EXPORT_NAME_PADDING = 124;
 /** Defaults the spec gives a client that learned no block sizes (portable: 512-byte aligned, 32 MiB). */
-const DEFAULT_SIZES: BlockSizeInfo = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+const DEFAULT_SIZES: BlockSizeInfo = { minimum: 1, preferred: 4096, maximum: MAX_PAYLOAD };
 
 /** The socket and its reader; STARTTLS replaces both. */
 export interface Wire {
@@ -65,17 +61,19 @@ function fail(code: BlockErrorCode, describe: string, what: string): BlockError 
  */
 export async function negotiate(wire: Wire, opts: HandshakeOptions): Promise<ExportInfo> {
   const { describe } = opts;
-  const greeting = await wire.reader.read(16);
-  if (greeting.readBigUInt64BE(0) !== NBDMAGIC) throw fail('EIO', describe, 'this is not an NBD server (bad greeting magic)');
-  const second = greeting.readBigUInt64BE(8);
-  if (second === CLISERV_MAGIC) throw fail('ENOTSUP', describe, 'the server speaks the obsolete oldstyle protocol');
-  if (second !== IHAVEOPT) throw fail('EIO', describe, 'bad newstyle magic in the server greeting');
-  const serverFlags = (await wire.reader.read(2)).readUInt16BE(0);
+  // The magics first: an oldstyle or foreign server is named before anything more is read.
+  const greeting = Buffer.alloc(GREETING_SIZE);
+  await wire.reader.readInto(greeting.subarray(0, 16));
+  switch (greetingStyle(greeting)) {
+    case 'not-nbd': throw fail('EIO', describe, 'this is not an NBD server (bad greeting magic)');
+    case 'oldstyle': throw fail('ENOTSUP', describe, 'the server speaks the obsolete oldstyle protocol');
+    case 'bad-newstyle-magic': throw fail('EIO', describe, 'bad newstyle magic in the server greeting');
+  }
+  await wire.reader.readInto(greeting.subarray(16));
+  const serverFlags = greetingFlags(greeting);
   const fixed = (serverFlags & NBD_FLAG_FIXED_NEWSTYLE) !== 0;
   const noZeroes = (serverFlags & NBD_FLAG_NO_ZEROES) !== 0;
-  const clientFlags = Buffer.alloc(4);
-  clientFlags.writeUInt32BE((fixed ? NBD_FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0));
-  wire.socket.write(clientFlags);
+  wire.socket.write(encodeClientFlags((fixed ? NBD_FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0)));
 
   const info: ExportInfo = {
     size: 0, flags: 0, blockSizes: DEFAULT_SIZES, structuredReplies: false, contexts: new Map(), tls: false,
@@ -86,9 +84,7 @@ export async function negotiate(wire: Wire, opts: HandshakeOptions): Promise<Exp
     return exportName(wire, opts, info, noZeroes);
   }
 
-  const send = (option: number, payload: Buffer = Buffer.alloc(0)): void => {
-    wire.socket.write(Buffer.concat([encodeOptionHeader(option, payload.length), payload]));
-  };
+  const send = (option: number, payload?: Buffer): void => void wire.socket.write(encodeOption(option, payload));
   const ask = async (option: number): Promise<OptionReply> => {
     send(option);
     return readOptionReply(wire.reader, option, describe);
@@ -110,7 +106,7 @@ export async function negotiate(wire: Wire, opts: HandshakeOptions): Promise<Exp
 
   // Block status needs structured replies; without them no context can be used.
   if (info.structuredReplies && opts.metaContexts.length > 0) {
-    send(NBD_OPT_SET_META_CONTEXT, encodeMetaContextPayload(opts.exportName, opts.metaContexts));
+    send(NBD_OPT_SET_META_CONTEXT, encodeMetaRequest(opts.exportName, opts.metaContexts));
     for (;;) {
       const r = await readOptionReply(wire.reader, NBD_OPT_SET_META_CONTEXT, describe);
       if (r.type === NBD_REP_ACK) break;
@@ -119,14 +115,14 @@ export async function negotiate(wire: Wire, opts: HandshakeOptions): Promise<Exp
         info.contexts.clear();
         break;
       }
-      if (r.type !== NBD_REP_META_CONTEXT || r.data.length < 5) throw fail('EIO', describe, 'malformed NBD_REP_META_CONTEXT reply');
-      const name = r.data.toString('utf8', 4);
-      if (!opts.metaContexts.includes(name)) throw fail('EIO', describe, `the server selected meta context '${name}', which was not asked for`);
-      info.contexts.set(r.data.readUInt32BE(0), name);
+      const ctx = r.type === NBD_REP_META_CONTEXT ? decodeMetaContextReply(r.data) : 'malformed NBD_REP_META_CONTEXT reply';
+      if (typeof ctx === 'string') throw fail('EIO', describe, ctx);
+      if (!opts.metaContexts.includes(ctx.name)) throw fail('EIO', describe, `the server selected meta context '${ctx.name}', which was not asked for`);
+      info.contexts.set(ctx.id, ctx.name);
     }
   }
 
-  send(NBD_OPT_GO, encodeGoPayload(opts.exportName, [NBD_INFO_BLOCK_SIZE]));
+  send(NBD_OPT_GO, encodeInfoRequest(opts.exportName, [NBD_INFO_BLOCK_SIZE]));
   let sawExport = false;
   let sizes: BlockSizeInfo | undefined;
   for (;;) {
@@ -158,28 +154,26 @@ function setExport(info: ExportInfo, size: bigint, flags: number, describe: stri
 
 /** NBD_OPT_EXPORT_NAME: no option reply; the server answers with the export or hangs up. */
 async function exportName(wire: Wire, opts: HandshakeOptions, info: ExportInfo, noZeroes: boolean): Promise<ExportInfo> {
-  const name = Buffer.from(opts.exportName, 'utf8');
-  wire.socket.write(Buffer.concat([encodeOptionHeader(NBD_OPT_EXPORT_NAME, name.length), name]));
+  wire.socket.write(encodeOption(NBD_OPT_EXPORT_NAME, Buffer.from(opts.exportName, 'utf8')));
   let reply: Buffer;
   try {
-    reply = await wire.reader.read(10 + (noZeroes ? 0 : EXPORT_NAME_PADDING));
+    reply = await wire.reader.read(exportNameReplySize(noZeroes));
   } catch (err) {
     throw new BlockError('ENOENT', `${opts.describe}: the server closed the connection: no export named '${opts.exportName}'?`,
       { op: 'open', path: opts.describe }, { cause: err });
   }
-  setExport(info, reply.readBigUInt64BE(0), reply.readUInt16BE(8), opts.describe);
+  const { size, flags } = decodeExportNameReply(reply);
+  setExport(info, size, flags, opts.describe);
   // Before GO there was no way to learn block sizes: the spec's portable defaults apply.
   info.blockSizes = DEFAULT_SIZES;
   return info;
 }
 
 async function readOptionReply(reader: ByteReader, option: number, describe: string): Promise<OptionReply> {
-  const h = await reader.read(OPTION_REPLY_HEADER_SIZE);
-  if (h.readBigUInt64BE(0) !== NBD_REP_MAGIC) throw fail('EIO', describe, 'bad option reply magic');
-  const echoed = h.readUInt32BE(8);
-  if (echoed !== option) throw fail('EIO', describe, `the server answered option ${echoed} instead of ${OPTION_NAMES[option]}`);
-  const type = h.readUInt32BE(12);
-  const length = h.readUInt32BE(16);
+  const h = decodeOptionReplyHeader(await reader.read(OPTION_REPLY_HEADER_SIZE));
+  if (!h) throw fail('EIO', describe, 'bad option reply magic');
+  if (h.option !== option) throw fail('EIO', describe, `the server answered option ${h.option} instead of ${OPTION_NAMES[option]}`);
+  const { type, length } = h;
   if (length > MAX_OPTION_REPLY) throw fail('EIO', describe, `an option reply of ${length} bytes (the limit is ${MAX_OPTION_REPLY})`);
   return { type, data: await reader.read(length) };
 }

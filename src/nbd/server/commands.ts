@@ -2,14 +2,14 @@ import type { Extent, WriteOptions } from '../../core/types.js';
 import {
   COMMAND_NAMES, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, nbdErrorFor,
+  NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, MAX_PAYLOAD, nbdErrorFor, u64Text, type Request,
+  type StatusDescriptor,
 } from '../protocol.js';
-import { MAX_PAYLOAD, type NbdExport } from './export.js';
+import type { NbdExport } from './export.js';
 import type { MetaContext } from './meta-contexts.js';
 import {
   blockStatusChunk, errorChunk, noneChunk, offsetDataChunk, offsetHoleChunk, simpleReadReply, simpleReply,
 } from './replies.js';
-import { offsetText, type ServerRequest as Request } from './request.js';
 
 /** What a connection agreed on in the handshake. */
 export interface Session {
@@ -65,7 +65,7 @@ function check(s: Session, r: Request): number {
   // Above 2^53 the offset is inexact, but then it is past the end of any export all the same.
   if (r.offset > size || r.length > size - r.offset) {
     const error = r.type === NBD_CMD_WRITE || r.type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
-    throw new Refusal(error, `${name} of ${r.length} bytes at offset ${offsetText(r)} is past the end of the export (size ${size})`);
+    throw new Refusal(error, `${name} of ${r.length} bytes at offset ${u64Text(r.offsetHigh, r.offsetLow)} is past the end of the export (size ${size})`);
   }
   if (r.type === NBD_CMD_READ && r.length > MAX_PAYLOAD) throw new Refusal(NBD_EINVAL, `${name} of ${r.length} bytes is longer than ${MAX_PAYLOAD}`);
   if (r.type === NBD_CMD_BLOCK_STATUS) {
@@ -175,7 +175,7 @@ async function blockStatus(s: Session, r: Request, offset: number): Promise<Buff
   const extents = await extentsOf(s, offset, length, reqOne);
   return s.contexts.map((ctx, i) => {
     // Neighbours with the same status merge, per context: depth and allocation differ in where they change.
-    const descriptors: { length: number; status: number }[] = [];
+    const descriptors: StatusDescriptor[] = [];
     for (const e of extents) {
       const status = ctx.status(e);
       const last = descriptors[descriptors.length - 1];

@@ -1,12 +1,12 @@
 import type net from 'node:net';
 import tls from 'node:tls';
-import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, REQUEST_HEADER_SIZE } from '../protocol.js';
+import {
+  decodeRequestHeader, MAX_PAYLOAD, NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, REQUEST_HEADER_SIZE, type Request,
+} from '../protocol.js';
 import { ByteQueue } from './byte-queue.js';
 import { executeRequest, type Session } from './commands.js';
-import { MAX_PAYLOAD } from './export.js';
 import { MAX_OPTION_LENGTH, negotiate, ProtocolError, type HandshakeHost, type HandshakeIo } from './handshake.js';
 import { replyPool } from './reply-pool.js';
-import { decodeServerRequest, type ServerRequest } from './request.js';
 import type { TlsCredentials } from './tls.js';
 
 export interface ConnectionLimits {
@@ -67,7 +67,7 @@ export class NbdConnection implements HandshakeIo {
   private phase: Phase = 'handshake';
   private session: Session | undefined;
   /** A WRITE whose payload is still arriving. */
-  private pendingWrite: ServerRequest | undefined;
+  private pendingWrite: Request | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
   private paused = false;
@@ -260,7 +260,7 @@ export class NbdConnection implements HandshakeIo {
       }
       if (this.overloaded()) return this.pause();
       if (this.queue.length < REQUEST_HEADER_SIZE) return;
-      const req = decodeServerRequest(this.queue.contiguous(REQUEST_HEADER_SIZE), this.queue.headOffset);
+      const req = decodeRequestHeader(this.queue.contiguous(REQUEST_HEADER_SIZE), this.queue.headOffset);
       if (!req) return this.violation('bad request magic');
       this.queue.skip(REQUEST_HEADER_SIZE);
       if (req.type === NBD_CMD_DISC) return this.finish();
@@ -280,7 +280,7 @@ export class NbdConnection implements HandshakeIo {
   }
 
   /** Runs one request and sends its reply (one async frame a request, no closures). */
-  private async serve(req: ServerRequest, payload?: Buffer): Promise<void> {
+  private async serve(req: Request, payload?: Buffer): Promise<void> {
     const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlight++;
     this.inFlightBytes += bytes;

@@ -3,7 +3,7 @@ import { BlockError } from '../../core/errors.js';
 import {
   NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_DF,
   NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_MAX_STRING,
+  NBD_MAX_STRING, MAX_PAYLOAD, type BlockSizeInfo,
 } from '../protocol.js';
 
 /** What the server does with TRIM and with the unmap permission of WRITE_ZEROES (QEMU's `discard=`). */
@@ -68,15 +68,12 @@ export class NbdExport {
    * largest payload this server takes in one request. The generic layer splits requests at the
    * node's own maxTransfer, so that limit need not reach the client.
    */
-  blockSizes(): { minimum: number; preferred: number; maximum: number } {
+  blockSizes(): BlockSizeInfo {
     const minimum = Math.min(this.node.limits.requestAlignment, 64 * 1024);
     const preferred = Math.max(4096, minimum, powerOfTwoAtMost(this.node.limits.optTransfer));
     return { minimum, preferred, maximum: Math.max(preferred, MAX_PAYLOAD) };
   }
 }
-
-/** The largest READ or WRITE payload served: the size the spec says every server should take. */
-export const MAX_PAYLOAD = 32 * 1024 * 1024;
 
 function powerOfTwoAtMost(n: number): number {
   if (!(n >= 1)) return 0;

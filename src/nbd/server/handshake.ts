@@ -1,17 +1,15 @@
 import {
-  IHAVEOPT, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES,
-  NBD_INFO_DESCRIPTION, NBD_INFO_NAME, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_LIST,
-  NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK,
-  NBD_REP_ERR_INVALID, NBD_REP_ERR_POLICY, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_TOO_BIG, NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP, NBDMAGIC, OPTION_HEADER_SIZE, OPTION_NAMES,
+  decodeClientFlags, decodeInfoRequest, decodeMetaRequest, decodeOptionHeader, encodeExportNameReply, encodeGreeting,
+  encodeInfoBlockSize, encodeInfoExport, encodeInfoString, encodeMetaContextReply, encodeOptionError,
+  encodeOptionReply, encodeServerReply, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_NO_ZEROES, NBD_INFO_DESCRIPTION, NBD_INFO_NAME, NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_INFO,
+  NBD_OPT_LIST, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK, NBD_REP_ERR_INVALID, NBD_REP_ERR_POLICY, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_TOO_BIG, NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_REP_SERVER, OPTION_HEADER_SIZE, OPTION_NAMES, OptionError,
 } from '../protocol.js';
 import type { Session } from './commands.js';
 import type { NbdExport } from './export.js';
 import { selectContexts, type MetaContext } from './meta-contexts.js';
-import { OptionError, parseInfoRequest, parseMetaRequest } from './option-data.js';
-import {
-  exportNameReply, infoBlockSize, infoExport, infoString, metaContextReply, optionError, optionReply, serverReply,
-} from './option-replies.js';
 
 /** What negotiation needs from a connection. */
 export interface HandshakeIo {
@@ -44,14 +42,6 @@ export const MAX_OPTIONS = 256;
  */
 export const MAX_OPTION_LENGTH = 64 * 1024;
 
-const greeting = (): Buffer => {
-  const b = Buffer.alloc(18);
-  b.writeBigUInt64BE(NBDMAGIC, 0);
-  b.writeBigUInt64BE(IHAVEOPT, 8);
-  b.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
-  return b;
-};
-
 /** Negotiation state that STARTTLS resets. */
 interface State {
   structured: boolean;
@@ -65,8 +55,8 @@ interface State {
  * protocol violation throws ProtocolError: the caller drops the connection.
  */
 export async function negotiate(io: HandshakeIo, host: HandshakeHost): Promise<Session | undefined> {
-  io.send(greeting());
-  const clientFlags = (await io.read(4)).readUInt32BE(0);
+  io.send(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  const clientFlags = decodeClientFlags(await io.read(4));
   if (clientFlags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
     throw new ProtocolError(`unknown client flags 0x${clientFlags.toString(16)}`);
   }
@@ -75,26 +65,25 @@ export async function negotiate(io: HandshakeIo, host: HandshakeHost): Promise<S
   let state: State = { structured: false };
 
   for (let count = 1; ; count++) {
-    const header = await io.read(OPTION_HEADER_SIZE);
-    if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
-    const option = header.readUInt32BE(8);
-    const length = header.readUInt32BE(12);
+    const header = decodeOptionHeader(await io.read(OPTION_HEADER_SIZE));
+    if (!header) throw new ProtocolError('bad option magic');
+    const { option, length } = header;
     const name = OPTION_NAMES[option] ?? `option ${option}`;
     // Without fixed newstyle a server cannot answer an option it refuses, only hang up.
     if (!fixed && option !== NBD_OPT_EXPORT_NAME) throw new ProtocolError(`${name} from a client without fixed newstyle`);
     if (count > MAX_OPTIONS) {
-      io.send(optionError(option, NBD_REP_ERR_TOO_BIG, `more than ${MAX_OPTIONS} options`));
+      io.send(encodeOptionError(option, NBD_REP_ERR_TOO_BIG, `more than ${MAX_OPTIONS} options`));
       throw new ProtocolError(`more than ${MAX_OPTIONS} options`);
     }
     if (length > MAX_OPTION_LENGTH) {
-      if (option !== NBD_OPT_EXPORT_NAME) io.send(optionError(option, NBD_REP_ERR_TOO_BIG, `${name} data of ${length} bytes is too long`));
+      if (option !== NBD_OPT_EXPORT_NAME) io.send(encodeOptionError(option, NBD_REP_ERR_TOO_BIG, `${name} data of ${length} bytes is too long`));
       throw new ProtocolError(`${name} data of ${length} bytes`);
     }
     const data = await io.read(length);
 
     if (io.tlsConfigured && !io.tlsActive && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
       if (option === NBD_OPT_EXPORT_NAME) throw new ProtocolError('NBD_OPT_EXPORT_NAME before TLS');
-      io.send(optionError(option, NBD_REP_ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first'));
+      io.send(encodeOptionError(option, NBD_REP_ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first'));
       continue;
     }
     try {
@@ -103,22 +92,22 @@ export async function negotiate(io: HandshakeIo, host: HandshakeHost): Promise<S
           const exp = host.findExport(data.toString('utf8'));
           // EXPORT_NAME has no error reply: an unknown name can only be answered by hanging up.
           if (!exp) throw new ProtocolError(`unknown export '${data.toString('utf8')}'`);
-          io.send(exportNameReply(exp.size, exp.transmissionFlags(state.structured, host.multiConn), noZeroes));
+          io.send(encodeExportNameReply(exp.size, exp.transmissionFlags(state.structured, host.multiConn), noZeroes));
           return session(exp, state);
         }
         case NBD_OPT_ABORT:
-          io.send(optionReply(option, NBD_REP_ACK));
+          io.send(encodeOptionReply(option, NBD_REP_ACK));
           return undefined;
         case NBD_OPT_LIST:
           noData(data, name);
-          for (const exp of host.listExports()) io.send(serverReply(option, exp.name, exp.description));
-          io.send(optionReply(option, NBD_REP_ACK));
+          for (const exp of host.listExports()) io.send(encodeOptionReply(option, NBD_REP_SERVER, encodeServerReply(exp.name, exp.description)));
+          io.send(encodeOptionReply(option, NBD_REP_ACK));
           break;
         case NBD_OPT_STARTTLS:
           if (!io.tlsConfigured) throw new OptionError(NBD_REP_ERR_POLICY, 'TLS is not configured on this server');
           if (io.tlsActive) throw new OptionError(NBD_REP_ERR_INVALID, 'TLS is already active');
           noData(data, name);
-          io.send(optionReply(option, NBD_REP_ACK));
+          io.send(encodeOptionReply(option, NBD_REP_ACK));
           await io.startTls();
           state = { structured: false };
           break;
@@ -132,7 +121,7 @@ export async function negotiate(io: HandshakeIo, host: HandshakeHost): Promise<S
           noData(data, name);
           if (state.structured) throw new OptionError(NBD_REP_ERR_INVALID, 'structured replies are already negotiated');
           state.structured = true;
-          io.send(optionReply(option, NBD_REP_ACK));
+          io.send(encodeOptionReply(option, NBD_REP_ACK));
           break;
         case NBD_OPT_LIST_META_CONTEXT:
         case NBD_OPT_SET_META_CONTEXT:
@@ -140,11 +129,11 @@ export async function negotiate(io: HandshakeIo, host: HandshakeHost): Promise<S
           break;
         default:
           // NBD_OPT_EXTENDED_HEADERS and NBD_OPT_PEEK_EXPORT among them: the client falls back.
-          io.send(optionError(option, NBD_REP_ERR_UNSUP, `${name} is not supported`));
+          io.send(encodeOptionError(option, NBD_REP_ERR_UNSUP, `${name} is not supported`));
       }
     } catch (err) {
       if (!(err instanceof OptionError)) throw err;
-      io.send(optionError(option, err.reply, err.message));
+      io.send(encodeOptionError(option, err.reply, err.message));
     }
   }
 }
@@ -167,13 +156,14 @@ function session(exp: NbdExport, state: State): Session {
 
 /** INFO and GO: NBD_INFO_EXPORT and BLOCK_SIZE always, NAME and DESCRIPTION when asked for. */
 function answerInfo(io: HandshakeIo, host: HandshakeHost, option: number, data: Buffer, state: State): NbdExport {
-  const req = parseInfoRequest(data);
+  const req = decodeInfoRequest(data);
   const exp = lookup(host, req.name);
-  if (req.infos.includes(NBD_INFO_NAME)) io.send(infoString(option, NBD_INFO_NAME, exp.name));
-  if (req.infos.includes(NBD_INFO_DESCRIPTION) && exp.description) io.send(infoString(option, NBD_INFO_DESCRIPTION, exp.description));
-  io.send(infoBlockSize(option, exp.blockSizes()));
-  io.send(infoExport(option, exp.size, exp.transmissionFlags(state.structured, host.multiConn)));
-  io.send(optionReply(option, NBD_REP_ACK));
+  const info = (body: Buffer): void => io.send(encodeOptionReply(option, NBD_REP_INFO, body));
+  if (req.infos.includes(NBD_INFO_NAME)) info(encodeInfoString(NBD_INFO_NAME, exp.name));
+  if (req.infos.includes(NBD_INFO_DESCRIPTION) && exp.description) info(encodeInfoString(NBD_INFO_DESCRIPTION, exp.description));
+  info(encodeInfoBlockSize(exp.blockSizes()));
+  info(encodeInfoExport(exp.size, exp.transmissionFlags(state.structured, host.multiConn)));
+  io.send(encodeOptionReply(option, NBD_REP_ACK));
   return exp;
 }
 
@@ -182,11 +172,11 @@ function answerMeta(io: HandshakeIo, option: number, data: Buffer, state: State,
   // A SET replaces the active set even when it fails.
   if (set) state.meta = undefined;
   if (!state.structured) throw new OptionError(NBD_REP_ERR_INVALID, 'metadata contexts need structured replies first');
-  const req = parseMetaRequest(data);
+  const req = decodeMetaRequest(data);
   const exp = lookup(host, req.name);
   const contexts = selectContexts(exp, req.queries, !set);
   // LIST ids mean nothing to the client; the spec says to send 0.
-  for (const c of contexts) io.send(metaContextReply(option, set ? c.id : 0, c.name));
+  for (const c of contexts) io.send(encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContextReply(set ? c.id : 0, c.name)));
   if (set) state.meta = { name: exp.name, contexts };
-  io.send(optionReply(option, NBD_REP_ACK));
+  io.send(encodeOptionReply(option, NBD_REP_ACK));
 }

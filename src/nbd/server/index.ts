@@ -1,4 +1,4 @@
 export { NbdServer, type ListenTarget, type NbdServerOptions } from './server.js';
-export { NbdExport, MAX_PAYLOAD, type DiscardMode, type ExportOptions } from './export.js';
+export { NbdExport, type DiscardMode, type ExportOptions } from './export.js';
 export { DEFAULT_LIMITS, type ConnectionLimits, type ConnectionStats } from './connection.js';
 export { loadPskCredentials, loadX509Credentials, type TlsCredentials } from './tls.js';

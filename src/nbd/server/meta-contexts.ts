@@ -1,5 +1,7 @@
 import type { Extent } from '../../core/types.js';
-import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol.js';
+import {
+  CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, encodeAllocationDepth, encodeAllocationStatus,
+} from '../protocol.js';
 import type { NbdExport } from './export.js';
 
 /** A metadata context the server can report on, with the status word it gives each extent. */
@@ -10,19 +12,9 @@ export interface MetaContext {
   status(e: Extent): number;
 }
 
-/** HOLE where no layer stores data, ZERO where reads are known zero: QEMU's mapping of block status. */
-const BASE_ALLOCATION: MetaContext = {
-  id: 0,
-  name: CONTEXT_BASE_ALLOCATION,
-  status: (e) => (e.data ? 0 : NBD_STATE_HOLE) | (e.zero ? NBD_STATE_ZERO : 0),
-};
+const BASE_ALLOCATION: MetaContext = { id: 0, name: CONTEXT_BASE_ALLOCATION, status: encodeAllocationStatus };
 
-/** 0: unallocated in the whole chain; 1: this image; n: the (n-1)th backing file. */
-const ALLOCATION_DEPTH: MetaContext = {
-  id: 1,
-  name: CONTEXT_QEMU_ALLOCATION_DEPTH,
-  status: (e) => (e.present ? e.depth + 1 : 0),
-};
+const ALLOCATION_DEPTH: MetaContext = { id: 1, name: CONTEXT_QEMU_ALLOCATION_DEPTH, status: encodeAllocationDepth };
 
 export function availableContexts(exp: NbdExport): MetaContext[] {
   return exp.allocationDepth ? [BASE_ALLOCATION, ALLOCATION_DEPTH] : [BASE_ALLOCATION];

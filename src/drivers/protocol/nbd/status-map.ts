@@ -1,5 +1,5 @@
 import type { Extent } from '../../../core/types.js';
-import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../../nbd/protocol.js';
+import { allocationIsData, allocationIsZero, depthIsPresent } from '../../../nbd/protocol.js';
 import type { StatusExtent } from '../../../nbd/client/client.js';
 
 /**
@@ -22,9 +22,9 @@ export function toExtents(offset: number, maxLength: number, base: readonly Stat
   while (pos < end && bi < base.length && (!depth || di < depth.length)) {
     const next = Math.min(bEnd, dEnd, end);
     const flags = base[bi]!.flags;
-    const data = (flags & NBD_STATE_HOLE) === 0;
-    const zero = (flags & NBD_STATE_ZERO) !== 0;
-    const present = depth ? depth[di]!.flags !== 0 : data || zero;
+    const data = allocationIsData(flags);
+    const zero = allocationIsZero(flags);
+    const present = depth ? depthIsPresent(depth[di]!.flags) : data || zero;
     const ext: Extent = { offset: pos, length: next - pos, data, zero, present, depth: 0, hostOffset: pos, hostFile: filename };
     const last = out[out.length - 1];
     if (last && sameKind(last, ext)) last.length += ext.length;

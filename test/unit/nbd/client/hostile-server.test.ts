@@ -5,10 +5,10 @@ import { NbdClient, type NbdClientOptions } from '../../../../src/nbd/client/cli
 import {
   NBD_CMD_BLOCK_STATUS, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_GO, NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK, NBD_REP_INFO, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_ERROR,
-  NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE, type Request,
+  NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE,
 } from '../../../../src/nbd/protocol.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
-import { chunk, fakeServer, optionReply, simple, u64, type FakeOptions } from './fake-server.js';
+import { chunk, fakeServer, optionReply, simple, u64, type FakeOptions, type Request } from './fake-server.js';
 import type net from 'node:net';
 
 /** Only to detect a hang: every case here must end long before. */
