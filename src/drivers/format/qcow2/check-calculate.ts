@@ -1,8 +1,8 @@
 import { INCOMPAT, L1E_OFFSET_MASK, L1E_RESERVED_MASK, MAX_L1_BYTES, OFLAG_COPIED, REFT_OFFSET_MASK } from './constants.js';
 import { countBitmaps } from './check-bitmaps.js';
-import type { CheckContext, CheckFix } from './check-context.js';
+import { errnoText, type CheckContext, type CheckFix } from './check-context.js';
 import { InMemoryRefcounts } from './check-imrt.js';
-import type { RepairGuard } from './check-overlap.js';
+import type { Metadata, RepairGuard } from './check-overlap.js';
 import { compressedRange, entryOffset, type EntryView } from './l2-entry.js';
 
 /** An internal snapshot's L1 table, with the id and name check messages give. */
@@ -143,6 +143,9 @@ class ReferenceWalk {
     const table = await ctx.readL2(l2Offset);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const view: EntryView = { dv, extendedL2: this.extended, hasDataFile: this.dataFile, clusterBits: ctx.t.header.clusterBits };
+    // The repairs of this table are made before the walk that reports them (see fixByZero); the
+    // walk reads `table`, which still holds the entries as they were.
+    const zeroed = this.fix === 'all' ? await this.fixByZero(table, l2Offset, active) : undefined;
     let nextContiguous = 0;
     for (let i = 0; i < cs / this.entrySize; i++) {
       const at = i * this.entrySize;
@@ -183,22 +186,28 @@ class ReferenceWalk {
         if (bitmap & ALL_ALLOC) this.corrupt('ERROR: Unallocated cluster has non-zero subcluster allocation map', times);
         continue;
       }
-      const data = this.extended ? (bitmap & ALL_ALLOC) !== 0n : !zeroFlag;
       const misaligned = host % cs !== 0;
       // A preallocated cluster at a misaligned offset holds no data: QEMU makes the entry a zero
       // entry and no longer counts the reference, so only the first walk of the table sees it.
-      const fixing = misaligned && !data && this.fix === 'all';
+      const fixing = zeroed !== undefined && this.misalignedPreallocated(hi, lo, bitmap);
       const seen = fixing ? 1 : times;
       if (reserved) this.corrupt(reservedMessage(entry()), seen);
       if ((bitmap >> 32n) & bitmap) this.corrupt(`ERROR offset=${host.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`, seen);
       if (fixing) {
         ctx.say(`Repairing offset=${host.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
-        if (await this.zeroEntry(table, l2Offset, i, active)) {
+        if (i === zeroed.clashAt) {
+          throw await this.guard.fail(zeroed.clash!, `repairing the L2 entry at 0x${(l2Offset + at).toString(16)}`, 'ERROR: Overlap check failed');
+        }
+        const error = at < zeroed.writtenUpTo ? zeroed.flushError : zeroed.writeError;
+        if (error === undefined) {
           res.corruptionsFixed++;
           continue;
         }
+        ctx.say(`ERROR: Failed to overwrite L2 table entry: ${error}`);
+        res.checkErrors++;
         res.corruptions += times;
       } else if (misaligned) {
+        const data = this.extended ? (bitmap & ALL_ALLOC) !== 0n : !zeroFlag;
         this.corrupt(`ERROR offset=${host.toString(16)}: ${data ? 'Data' : 'Preallocated'} cluster is not properly aligned; L2 entry corrupted.`, times);
       }
       if (active) {
@@ -211,36 +220,79 @@ class ReferenceWalk {
   }
 
   /**
-   * QEMU's fix_l2_entry_by_zero: entry `index` of the table at `l2Offset` becomes a zero entry
-   * (with extended L2, its allocated subclusters become zero ones), written to the file and into
-   * `table`, which may be the image's cached copy. False when the write failed (a check error).
+   * A standard (not compressed) entry that preallocates a cluster at an offset inside a cluster
+   * and holds no data there (the ZERO flag; with extended L2, no allocated subcluster): the one
+   * damage the walk repairs in place.
    */
-  private async zeroEntry(table: Uint8Array, l2Offset: number, index: number, active: boolean): Promise<boolean> {
-    const { ctx } = this;
-    const at = index * this.entrySize;
+  private misalignedPreallocated(hi: number, lo: number, bitmap: bigint): boolean {
+    if (hi & 0x40000000 || entryOffset(hi, lo) % this.ctx.cs === 0) return false;
+    return this.extended ? (bitmap & ALL_ALLOC) === 0n : (lo & 1) !== 0;
+  }
+
+  /**
+   * QEMU's fix_l2_entry_by_zero for every misaligned preallocated entry of one L2 table at once:
+   * each becomes a zero entry (with extended L2, its allocated subclusters become zero ones).
+   * QEMU writes and syncs each entry on its own, a flush per entry (a damaged table can hold
+   * thousands); here a table's entries are fixed in a copy and written as runs of adjacent
+   * entries, with one flush for the table, before the walk goes on. That is as safe: only the
+   * bytes QEMU writes are written, and each 8- or 16-byte entry lies inside one 512-byte sector
+   * (an L1 entry can only name a 512-aligned table) and so is written atomically with it: a
+   * crash in the middle leaves every entry either as it was (still damaged, and the image still
+   * dirty or damaged, so the next check repairs it again) or zeroed, never torn. The flush
+   * still puts them on disk before anything after this table is written (the refcount repairs
+   * that free what they pointed at above all), which is the order QEMU's per-entry syncs keep.
+   *
+   * `table` is left as it was, for the walk's messages. Entries are written in order up to the
+   * first whose write QEMU's overlap check would refuse (`clashAt`: the walk fails the check
+   * there, as QEMU does, after QEMU's writes of the entries before it). A failed write leaves
+   * the entries from its run on unrepaired (`writeError`), a failed flush all of them (`flushError`).
+   */
+  private async fixByZero(table: Uint8Array, l2Offset: number, active: boolean): Promise<ZeroFix> {
+    const { ctx, entrySize } = this;
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const fixed = new Uint8Array(this.entrySize);
+    const fixed = new Uint8Array(table);
     const out = new DataView(fixed.buffer);
-    if (this.extended) {
-      const bitmap = dv.getBigUint64(at + 8);
-      out.setBigUint64(8, ((bitmap | (bitmap << 32n)) & 0xffffffff00000000n));
-    } else {
-      out.setBigUint64(0, 1n);
+    /** Byte ranges [start, end) of adjacent fixed entries. */
+    const runs: [number, number][] = [];
+    const result: ZeroFix = { writtenUpTo: 0 };
+    for (let i = 0; i < ctx.cs / entrySize; i++) {
+      const at = i * entrySize;
+      const bitmap = this.extended ? dv.getBigUint64(at + 8) : 0n;
+      if (!this.misalignedPreallocated(dv.getUint32(at), dv.getUint32(at + 4), bitmap)) continue;
+      const clash = this.guard.overlap(l2Offset + at, entrySize, active ? 'active L2 table' : undefined);
+      if (clash !== undefined) {
+        result.clashAt = i;
+        result.clash = clash;
+        break;
+      }
+      if (this.extended) {
+        out.setBigUint64(at, 0n);
+        out.setBigUint64(at + 8, (bitmap | (bitmap << 32n)) & 0xffffffff00000000n);
+      } else {
+        out.setBigUint64(at, 1n); // QCOW_OFLAG_ZERO
+      }
+      const last = runs[runs.length - 1];
+      if (last && last[1] === at) last[1] = at + entrySize;
+      else runs.push([at, at + entrySize]);
     }
-    const clash = this.guard.overlap(l2Offset + at, this.entrySize, active ? 'active L2 table' : undefined);
-    if (clash !== undefined) {
-      throw await this.guard.fail(clash, `repairing the L2 entry at 0x${(l2Offset + at).toString(16)}`, 'ERROR: Overlap check failed');
+    if (runs.length === 0) return result;
+    for (const [start, end] of runs) {
+      try {
+        await ctx.t.file.write(l2Offset + start, fixed.subarray(start, end));
+      } catch (err) {
+        result.writeError = errnoText(err);
+        break;
+      }
+      result.writtenUpTo = end;
     }
+    if (result.writeError === undefined) result.writtenUpTo = ctx.cs;
+    if (result.writtenUpTo === 0) return result;
     try {
-      await ctx.t.file.write(l2Offset + at, fixed);
       await ctx.t.file.flush();
     } catch (err) {
-      ctx.say(`ERROR: Failed to overwrite L2 table entry: ${errorText(err)}`);
-      ctx.res.checkErrors++;
-      return false;
+      result.flushError = errnoText(err);
     }
-    table.set(fixed, at);
-    return true;
+    return result;
   }
 
   /** QEMU's check_refblocks: every block aligned, inside the file, and referenced by the table alone. */
@@ -273,7 +325,7 @@ class ReferenceWalk {
           if (block + cs - t.file.size > MAX_REFBLOCK_GROWTH) throw new Error(`refusing to grow the file to ${block + cs} bytes`);
           await t.file.resize(block + cs);
         } catch (err) {
-          this.corrupt(`ERROR could not resize image: ${errorText(err)}`);
+          this.corrupt(`ERROR could not resize image: ${errnoText(err)}`);
           this.rebuild = true;
           continue;
         }
@@ -293,6 +345,16 @@ class ReferenceWalk {
   }
 }
 
+/** What fixByZero did to one table, for the walk to report entry by entry. */
+interface ZeroFix {
+  /** Entries before this byte were written (then flushed, unless `flushError`). */
+  writtenUpTo: number;
+  writeError?: string;
+  flushError?: string;
+  /** The first entry QEMU's overlap check refuses to write, and what it would overwrite. */
+  clashAt?: number;
+  clash?: Metadata;
+}
+
 const reservedMessage = (entry: bigint) => `ERROR found l2 entry with reserved bits set: ${entry.toString(16)}`;
 
-const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));

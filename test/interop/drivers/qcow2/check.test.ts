@@ -501,6 +501,56 @@ describe('vdisk check against qemu-img check, damaged qcow2 images', { concurren
     });
   }
 
+  it('-r all: misaligned preallocated zero entries up to a refcount block, whose overlap check fails the check (as QEMU does)', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io')) return;
+    const dir = path.join(tmp.dir, 'prealloc-into-refblock');
+    await mkdir(dir);
+    const damaged = path.join(dir, 'damaged.qcow2');
+    // 4 KiB clusters with 32-bit refcounts: a refcount block covers 4 MiB, so QEMU puts the
+    // second one among the data, after a data cluster.
+    await qemuCreate(damaged, 8 * 1024 * KiB, { cluster_size: 4096, refcount_bits: 32 });
+    await qemuIo(damaged, ['write -P 0x11 0 5M']);
+    const q = await Qcow2Bytes.load(damaged);
+    const cs = q.clusterSize;
+    const kinds = q.clusterKinds();
+    const block = q.refcountBlocks().find((b) => kinds[b / cs - 1] === 'data');
+    assert.ok(block, `a refcount block right after a data cluster: ${q.refcountBlocks().join(', ')}`);
+    // L1 entry 0 names a table 0x200 into that data cluster: its last 0x200 bytes are the block's first.
+    const table = block - cs + 0x200;
+    q.setL1Entry(0, COPIED | BigInt(table));
+    let bad = 0;
+    for (let i = 0; i < (cs - 0x200) / 8; i++) {
+      // A run of 100 misaligned preallocated zero entries, then one in three (separate runs).
+      const damage = i < 100 || i % 3 === 0;
+      q.setU64(table + i * 8, damage ? BigInt(5 * cs + 0x200 * (1 + (i % 7))) | 1n : 0n);
+      if (damage) bad++;
+    }
+    // An entry of the block is two 32-bit refcounts: 0 and 0x201 read as one more such entry,
+    // the first whose repair would overwrite the refcount block.
+    const first = Math.floor(block / cs / 1024) * 1024;
+    q.setRefcount(first + 10, 0);
+    q.setRefcount(first + 11, 0x201);
+    await q.save();
+    const [qf, vf] = [path.join(dir, 'all-q.qcow2'), path.join(dir, 'all-v.qcow2')];
+    await copyFile(damaged, qf);
+    await copyFile(damaged, vf);
+    const qr = await qemuCheck(qf, '-r', 'all');
+    const vr = await vdiskCheck(vf, '-r', 'all');
+    assert.match(qr.stderr, /ERROR: Overlap check failed/, summary(qr));
+    assert.equal(qr.stderr.split('\n').filter((l) => l.startsWith('Repairing offset=')).length, bad + 1, summary(qr));
+    assertSameVerdict(vr, qr, 'check -r all');
+    // Word for word, but for the last line: each tool's own word for the failure (QEMU's
+    // "Check failed: Input/output error"; vdisk's error, which names the write refused).
+    const lines = (v: Verdict) => v.stderr.trimEnd().split('\n');
+    const [ours, theirs] = [lines(vr), lines(qr)];
+    assert.equal(theirs.pop(), 'qemu-img: Check failed: Input/output error');
+    assert.match(ours.pop()!, /^vdisk check: Check of qcow2 image .* failed: repairing the L2 entry at 0x[0-9a-f]+ would overwrite the refcount block$/);
+    assert.deepEqual(ours, theirs, "vdisk's messages differ from qemu-img's");
+    // The entries before the refused one are repaired, the rest of the table is not, and the image is marked corrupt.
+    await assertSameFile(vf, qf, '-r all', '64k');
+    assertSameVerdict(await qemuCheck(vf), await qemuCheck(qf), 'qemu-img check after -r all (vdisk repaired vs QEMU repaired)');
+  });
+
   it('a raw image: exit 63, one line on stderr, nothing on stdout', async (t) => {
     if (!needTools(t, 'qemu-img')) return;
     const raw = path.join(tmp.dir, 'plain.raw');

@@ -4,16 +4,22 @@
  *     `qemu-img check -r all` repairs the image to clean, and so do vdisk's own repair on a
  *     writable open and `vdisk check -r all`; every write acknowledged by a flush before the
  *     kill reads back;
+ *   - a dirty image whose L2 tables hold thousands of misaligned preallocated zero entries:
+ *     `vdisk check -r all` reports and counts the repair as `qemu-img check -r all` does, line
+ *     for line, and it, vdisk's repair on a writable open and QEMU's own all leave clean images
+ *     with the same data (QEMU writes and syncs each entry alone; vdisk one table at a time);
  *   - a clean close leaves the bit clear and an image `qemu-img check` calls clean;
  *   - lazy-refcounts=on on a compat=0.10 image fails with QEMU's message.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFile } from 'node:fs/promises';
+import { copyFile, readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { assertBytesEqual } from '../../../helpers/bytes.js';
 import { vdisk } from '../../../helpers/cli.js';
 import { needTools, run, runOk } from '../../../helpers/oracles.js';
+import { Qcow2Bytes } from '../../../helpers/qcow2-damage.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { cmdArgs } from '../../../helpers/workload.js';
 
@@ -188,6 +194,76 @@ describe('qcow2 lazy refcounts, as QEMU sees them', () => {
       await assertFlushedData(copy, last);
     }
   });
+
+  for (const extendedL2 of [false, true]) {
+    it(`repairs thousands of misaligned preallocated zero entries of a dirty image as qemu-img check -r all does${extendedL2 ? ' (extended L2)' : ''}`, async (t) => {
+      if (!needTools(t, 'qemu-img', 'qemu-io')) return;
+      const image = tmp.path(`prealloc-${extendedL2}.qcow2`);
+      await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=64k,lazy_refcounts=on,extended_l2=${extendedL2 ? 'on' : 'off'}`, image, '1G']);
+      // Two L2 tables on disk, then a write that only the dirty bit accounts for.
+      // (qemu-io's output dies with it, unflushed.)
+      await run('qemu-io', ['-f', 'qcow2', ...cmdArgs(['write -P 0x11 0 128k', 'write -P 0x22 768M 64k', 'flush', 'write -P 0x33 320k 64k', 'abort']), image]);
+      assert.equal(await dirtyFlag(image), true, 'qemu-io abort left the image dirty');
+
+      // Entries that preallocate a cluster 0x200..0xfe00 into guest cluster 0's host cluster and
+      // hold no data there: a run of thousands in the first table, every third in the second
+      // (separate runs of one table). With extended L2 the subcluster bitmap says "zero" or "unallocated".
+      const q = await Qcow2Bytes.load(image);
+      const [t0, t1] = q.l2Tables();
+      assert.ok(t0 && t1, 'two L2 tables');
+      const host0 = Number(q.u64(t0.offset) & 0x00fffffffffffe00n);
+      let damaged = 0;
+      const damage = (table: number, index: number) => {
+        const at = table + index * q.entryBytes;
+        const host = BigInt(host0 + 0x200 * (1 + (index % 127)));
+        if (!extendedL2) {
+          q.setU64(at, host | 1n);
+        } else {
+          q.setU64(at, host);
+          q.setU64(at + 8, index % 2 ? 0xffffffff00000000n : 0x0000f00f00000000n);
+        }
+        damaged++;
+      };
+      for (let i = 8; i < 8 + (extendedL2 ? 2000 : 3000); i++) damage(t0.offset, i);
+      for (let i = 16; i < 16 + 3 * 1000; i += 3) damage(t1.offset, i);
+      await q.save();
+
+      const byQemu = tmp.path(`prealloc-${extendedL2}-qemu.qcow2`);
+      const byCheck = tmp.path(`prealloc-${extendedL2}-check.qcow2`);
+      const byOpen = tmp.path(`prealloc-${extendedL2}-open.qcow2`);
+      for (const copy of [byQemu, byCheck, byOpen]) await copyFile(image, copy);
+
+      const theirs = await run('qemu-img', ['check', '-r', 'all', '--output=json', byQemu]);
+      const ours = await vdisk(['check', '-r', 'all', '--output=json', byCheck]);
+      const msg = `qemu-img check -r all: exit ${theirs.code}\n${theirs.stdout}\nvdisk check -r all: exit ${ours.code}\n${ours.stdout}${ours.stderr.slice(0, 2000)}`;
+      assert.equal(ours.code, theirs.code, msg);
+      const counters = (stdout: string) => {
+        const j = JSON.parse(stdout) as Record<string, number>;
+        return ['corruptions', 'leaks', 'check-errors', 'corruptions-fixed', 'leaks-fixed', 'allocated-clusters', 'fragmented-clusters'].map((k) => j[k] ?? 0);
+      };
+      assert.deepEqual(counters(ours.stdout), counters(theirs.stdout), msg);
+      assert.ok(counters(theirs.stdout)[3]! >= damaged, `QEMU fixed every damaged entry: ${theirs.stdout}`);
+      assert.deepEqual(ours.stderr.split('\n'), theirs.stderr.split('\n'), 'the same lines, in the same order');
+      assert.equal(theirs.stderr.split('\n').filter((l) => /^Repairing offset=.*Preallocated cluster is not properly aligned/.test(l)).length, damaged);
+
+      const reopened = await vdisk(['io', '-c', 'flush', byOpen]);
+      assert.equal(reopened.code, 0, reopened.stderr);
+
+      for (const copy of [byQemu, byCheck, byOpen]) {
+        const result = await qemuCheck(copy);
+        assert.equal(result.corruptions ?? 0, 0, copy);
+        assert.equal(result.leaks ?? 0, 0, copy);
+        assert.equal(await dirtyFlag(copy), false, copy);
+      }
+      // The same repair, so the same file, byte for byte.
+      assertBytesEqual(await readFile(byCheck), await readFile(byQemu), 'vdisk check -r all and qemu-img check -r all');
+      for (const copy of [byCheck, byOpen]) {
+        const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', byQemu, copy]);
+        assert.equal(cmp.code, 0, `qemu-img compare ${byQemu} ${copy}: ${cmp.stdout}${cmp.stderr}`);
+      }
+      await runOk('qemu-io', ['-f', 'qcow2', ...cmdArgs(['read -P 0x11 0 128k', 'read -P 0x22 768M 64k', 'read -P 0 512k 1M']), byOpen]);
+    });
+  }
 
   it('a clean close leaves the dirty bit clear and an image qemu-img check calls clean', async (t) => {
     if (!needTools(t, 'qemu-img', 'qemu-io')) return;

@@ -6,6 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import type { BlockNode } from '../../../../../src/core/block-node.js';
+import { BlockError } from '../../../../../src/core/errors.js';
+import type { CheckResult } from '../../../../../src/drivers/format/qcow2/check.js';
 import { INCOMPAT } from '../../../../../src/drivers/format/qcow2/constants.js';
 import { createQcow2 } from '../../../../../src/drivers/format/qcow2/create.js';
 import { Qcow2Node } from '../../../../../src/drivers/format/qcow2/qcow2-node.js';
@@ -183,5 +186,85 @@ describe('qcow2 check: the open image after a repair', () => {
       await node.close();
     }
     assert.ok((await Qcow2Bytes.load(file)).incompatible & INCOMPAT.CORRUPT);
+  });
+
+  /**
+   * An image whose first L2 table holds misaligned preallocated zero entries in two runs,
+   * 10..29 and 40..44, which -r all repairs one table at a time: the runs written, then one
+   * flush. No real tool makes only these writes fail (QEMU cannot be made to either, to compare
+   * with), so the image's file node fails them here; what is reported follows QEMU's
+   * fix_l2_entry_by_zero for an entry whose bdrv_pwrite_sync failed: the "Repairing" line, then
+   * "ERROR: Failed to overwrite L2 table entry", a check error, and the entry left as it was.
+   */
+  async function preallocatedRuns(file: string): Promise<{ table: number; bad: number[] }> {
+    await imageWithData(file);
+    const q = await Qcow2Bytes.load(file);
+    const table = q.l2Tables()[0]!.offset;
+    const host = Number(q.u64(table) & 0x00fffffffffffe00n);
+    const bad = [...Array.from({ length: 20 }, (_, i) => 10 + i), 40, 41, 42, 43, 44];
+    for (const i of bad) q.setU64(table + i * 8, BigInt(host + 0x200) | 1n);
+    await q.save();
+    return { table, bad };
+  }
+
+  /** check('all') of `file` with its file node's I/O made to fail by `inject`. */
+  async function checkAllFailing(file: string, inject: (raw: BlockNode) => void): Promise<CheckResult> {
+    const node = await openQcow2(file);
+    try {
+      inject(node.file!);
+      return await node.check('all');
+    } finally {
+      await node.close();
+    }
+  }
+
+  /** Each damaged entry's lines as -r all gave them: the "Repairing" line and what followed it. */
+  function linesOf(messages: string[], bad: number[]): string[] {
+    const at = messages.flatMap((m, i) => (/^Repairing offset=[0-9a-f]+: Preallocated cluster is not properly aligned/.test(m) ? [i] : []));
+    assert.equal(at.length, bad.length, messages.join('\n'));
+    return at.map((i) => messages[i + 1] ?? '');
+  }
+
+  it('-r all: a run of preallocated entries whose write fails stays as it was, each entry reported as QEMU reports it', async () => {
+    const file = tmp.path('prealloc-write-fails.qcow2');
+    const { table, bad } = await preallocatedRuns(file);
+    const result = await checkAllFailing(file, (raw) => {
+      const write = raw.write.bind(raw);
+      raw.write = (offset, data, opts) => {
+        if (offset >= table + 40 * 8 && offset < table + 4 * K) return Promise.reject(new BlockError('EIO', 'injected', { op: 'write' }));
+        return write(offset, data, opts);
+      };
+    });
+    const after = linesOf(result.messages, bad);
+    const failed = 'ERROR: Failed to overwrite L2 table entry: Input/output error';
+    assert.deepEqual(after.map((l) => l === failed), bad.map((i) => i >= 40), result.messages.join('\n'));
+    assert.equal(result.checkErrors, 5);
+    assert.ok(result.corruptions >= 5);
+    const q = await Qcow2Bytes.load(file);
+    for (const i of bad) assert.equal(q.u64(table + i * 8) === 1n, i < 40, `entry ${i}: ${q.u64(table + i * 8).toString(16)}`);
+  });
+
+  it('-r all: when the flush after a table\'s repairs fails, every entry of the table is reported unrepaired', async () => {
+    const file = tmp.path('prealloc-flush-fails.qcow2');
+    const { table, bad } = await preallocatedRuns(file);
+    const result = await checkAllFailing(file, (raw) => {
+      const write = raw.write.bind(raw);
+      const flush = raw.flush.bind(raw);
+      // Only the first flush after the repairs' writes fails (the image's own later ones succeed).
+      let armed: boolean | undefined;
+      raw.write = (offset, data, opts) => {
+        if (armed === undefined && offset >= table && offset < table + 4 * K) armed = true;
+        return write(offset, data, opts);
+      };
+      raw.flush = (opts) => {
+        if (armed) {
+          armed = false;
+          return Promise.reject(new BlockError('EIO', 'injected', { op: 'flush' }));
+        }
+        return flush(opts);
+      };
+    });
+    assert.deepEqual(linesOf(result.messages, bad), bad.map(() => 'ERROR: Failed to overwrite L2 table entry: Input/output error'), result.messages.join('\n'));
+    assert.equal(result.checkErrors, bad.length);
   });
 });
