@@ -63,8 +63,14 @@ export class StoredRefcounts {
     const { t: { file }, cs } = this.ctx;
     if (await this.reader.writeBack()) await file.flush();
     if (this.refused !== undefined) await this.guard.refuse(this.refused);
-    for (const cluster of this.freed.splice(0)) {
-      if ((cluster + 1) * cs <= file.size) await file.discard(cluster * cs, cs);
+    // One discard per run of adjacent clusters, as QEMU merges its queued discards: a damaged
+    // image can leak thousands of clusters.
+    const freed = this.freed.splice(0).filter((c) => (c + 1) * cs <= file.size).sort((a, b) => a - b);
+    for (let i = 0; i < freed.length;) {
+      let end = i + 1;
+      while (end < freed.length && freed[end]! <= freed[end - 1]! + 1) end++;
+      await file.discard(freed[i]! * cs, (freed[end - 1]! + 1 - freed[i]!) * cs);
+      i = end;
     }
   }
 
