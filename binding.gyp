@@ -11,7 +11,9 @@
         "native/zero.cc",
         "native/aligned.cc",
         "native/datamap.cc",
-        "native/ioqueue.cc"
+        "native/ioqueue.cc",
+        "native/direct-io.cc",
+        "native/writeback.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

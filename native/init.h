@@ -14,6 +14,8 @@ void InitZero(Napi::Env env, Napi::Object exports);     // zero.cc
 void InitAligned(Napi::Env env, Napi::Object exports);  // aligned.cc
 void InitDataMap(Napi::Env env, Napi::Object exports);  // datamap.cc
 void InitIoQueue(Napi::Env env, Napi::Object exports);  // ioqueue.cc
+void InitDirectIo(Napi::Env env, Napi::Object exports);  // direct-io.cc
+void InitWriteback(Napi::Env env, Napi::Object exports);  // writeback.cc
 
 }  // namespace vdisk
 

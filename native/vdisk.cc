@@ -14,6 +14,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vdisk::InitAligned(env, exports);
   vdisk::InitDataMap(env, exports);
   vdisk::InitIoQueue(env, exports);
+  vdisk::InitDirectIo(env, exports);
+  vdisk::InitWriteback(env, exports);
   return exports;
 }
 

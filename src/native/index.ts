@@ -88,6 +88,15 @@ export interface NativeAddon {
    * system cannot tell); the caller then reads it through an IoQueue.
    */
   preadNowait(fd: number, buffer: Uint8Array, offset: number): number;
+  /**
+   * statx(STATX_DIOALIGN): [memoryAlignment, offsetAlignment] that O_DIRECT I/O on the file
+   * needs ([0, 0]: no direct I/O on it), or null when the kernel or file system does not say.
+   */
+  dioAlignment(fd: number): [number, number] | null;
+  /** Whether the view's first byte sits on an `alignment`-byte boundary (a power of two). */
+  isAlignedBuffer(buffer: Uint8Array, alignment: number): boolean;
+  /** sync_file_range(2) on the thread pool; flags from SYNC_FILE_RANGE; length 0 = to end of file. */
+  syncFileRange(fd: number, offset: number, length: number, flags: number): Promise<void>;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
@@ -110,6 +119,13 @@ export const FADV = Object.freeze({
   NOREUSE: 5,
 } as const);
 
+/** sync_file_range(2) flags (Linux values; the addon's build asserts they match). */
+export const SYNC_FILE_RANGE = Object.freeze({
+  WAIT_BEFORE: 1,
+  WRITE: 2,
+  WAIT_AFTER: 4,
+} as const);
+
 /** Relative to this module: src/native/ and dist/native/ both sit two levels below the package root. */
 const ADDON_PATH = '../../build/Release/vdisk_native.node';
 
@@ -130,6 +146,9 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'mapData',
   'IoQueue',
   'preadNowait',
+  'dioAlignment',
+  'isAlignedBuffer',
+  'syncFileRange',
 ];
 
 function disabledByEnv(): boolean {
