@@ -36,6 +36,32 @@ const INV = -1;
 const AGAIN = false;
 const OK = true;
 
+/**
+ * qcow2_refcount_metadata_size(): the refcount blocks and refcount table clusters needed to count
+ * `clusters` clusters and themselves (a fixed point); `generous` adds room for growth as QEMU
+ * does when it enlarges a refcount table. Shared with measure, which sizes images the same way.
+ */
+export function refcountMetadataClusters(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): { blocks: number; table: number } {
+  const blocksPerTableCluster = clusterSize / 8;
+  const refblockEntries = (clusterSize * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / refblockEntries);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    n = clusters + blocks + table;
+    if (n === last && generous) {
+      clusters += Math.ceil(table / 2);
+      n = 0;
+      generous = false;
+    }
+  } while (n !== last);
+  return { blocks, table };
+}
+
 export interface ByteRange {
   offset: number;
   length: number;
@@ -266,31 +292,10 @@ export class Qcow2Layout {
     return AGAIN;
   }
 
-  /** qcow2_refcount_metadata_size(): refcount blocks needed to cover `clusters` and themselves. */
-  private refcountBlocksFor(clusters: number, generous: boolean): number {
-    const blocksPerTableCluster = this.clusterSize / 8;
-    let table = 0;
-    let blocks = 0;
-    let n = 0;
-    let last: number;
-    do {
-      last = n;
-      blocks = Math.ceil((clusters + table + blocks) / this.refblockEntries);
-      table = Math.ceil(blocks / blocksPerTableCluster);
-      n = clusters + blocks + table;
-      if (n === last && generous) {
-        clusters += Math.ceil(table / 2);
-        n = 0;
-        generous = false;
-      }
-    } while (n !== last);
-    return blocks;
-  }
-
   /** qcow2_refcount_area(): a new refcount table and blocks at `start` (the end of the file). */
   private refcountArea(start: number, additionalClusters: number, exactSize: boolean, newIndex: number, newOffset: number): number {
     const cs = this.clusterSize;
-    const total = this.refcountBlocksFor(start / cs + additionalClusters, !exactSize);
+    const total = refcountMetadataClusters(start / cs + additionalClusters, cs, this.params.refcountOrder, !exactSize).blocks;
     const areaIndex = Math.floor(start / cs / this.refblockEntries);
     let tableSize = exactSize ? total : total + Math.ceil(total / 2);
     tableSize = Math.ceil(tableSize / (cs / 8)) * (cs / 8);
