@@ -12,6 +12,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },
   io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },
   map: { summary: 'show where the image data lives (qemu-img map)', load: async () => (await import('./map.js')).map },
+  measure: { summary: 'show the size a new image would need (qemu-img measure)', load: async () => (await import('./measure.js')).measure },
   resize: { summary: 'change the virtual size of an image (qemu-img resize)', load: async () => (await import('./resize.js')).resize },
   serve: { summary: 'export images over NBD (qemu-nbd)', load: async () => (await import('./serve.js')).serve },
 };

@@ -59,6 +59,30 @@ export interface CreateOption {
   readonly default?: string;
 }
 
+/** A `-o` value as QEMU's option parser leaves it: sizes and numbers as unsigned 64-bit integers. */
+export type CreateOptionValue = string | bigint | boolean;
+
+/** What `measure` asks of a format driver (qemu-img measure): the file size a new image would need. */
+export interface MeasureRequest {
+  /** The `-o` options, typed by `createOptions` (plus the file protocol's); `--size` arrives as `size`. */
+  options: ReadonlyMap<string, CreateOptionValue>;
+  /** The image whose contents the new image would hold; absent when measuring a bare size. */
+  input?: BlockNode;
+  /**
+   * The length to measure `input` over, when not its size: QEMU keeps the active image's length
+   * when it loads an internal snapshot (`-l`) taken at another size. Beyond `input.size` counts as zeros.
+   */
+  inputLength?: number;
+}
+
+/** qemu-img measure's answer (QEMU's BlockMeasureInfo), in bytes. */
+export interface MeasureInfo {
+  required: bigint;
+  fullyAllocated: bigint;
+  /** Space the input's persistent bitmaps would take; only where both images can hold them. */
+  bitmaps?: bigint;
+}
+
 export interface DriverDef {
   readonly name: string;
   readonly aliases?: readonly string[];
@@ -77,4 +101,6 @@ export interface DriverDef {
   readonly createOptions?: readonly CreateOption[];
   /** Creates a new image; validates its options with one-line EINVAL errors. */
   create?(req: CreateRequest): Promise<void>;
+  /** Measures what an image of this format would take, for a size or an input image. */
+  measure?(req: MeasureRequest): Promise<MeasureInfo>;
 }

@@ -10,6 +10,7 @@ import { Qcow2Node } from './qcow2-node.js';
 import { cacheOptions } from './runtime-options.js';
 import { createQcow2 } from './create.js';
 import { QCOW2_CREATE_OPTIONS } from './create-options.js';
+import { measureQcow2 } from './measure.js';
 import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, snapshotL1Problem, type Qcow2Snapshot } from './snapshots.js';
 
 /** The fixed part of a snapshot table entry (spec §8). */
@@ -139,6 +140,7 @@ export const qcow2Driver: DriverDef = {
   probe: (head) => (isQcow2(head) ? 100 : 0),
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createQcow2,
+  measure: measureQcow2,
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "qcow2: the 'file' child is required", { op: 'open' });
     const file = await ctx.openChild(exclusiveFile(spec.file as NodeSpec | string), 'file');

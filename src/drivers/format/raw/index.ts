@@ -2,6 +2,7 @@ import { BlockError } from '../../../core/errors.js';
 import type { DriverDef, NodeSpec } from '../../../registry/driver.js';
 import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
 import { RawNode } from './raw-node.js';
+import { measureRaw } from './measure.js';
 import { createFile } from '../../protocol/file/create.js';
 
 export { RawNode } from './raw-node.js';
@@ -20,6 +21,7 @@ export const rawDriver: DriverDef = {
     }
     await createFile(req.filename, req.size, prealloc);
   },
+  measure: measureRaw,
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "raw: the 'file' child is required", { op: 'open' });
     const file = await ctx.openChild(spec.file as NodeSpec | string, 'file');
