@@ -3,9 +3,11 @@ import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
 import { BlockError, fromSystemError, NotSupportedError } from '../../../core/errors.js';
 import { alignUp, isPowerOfTwo } from '../../../core/limits.js';
 import type { Extent, IoOptions, WriteOptions, ZeroOptions } from '../../../core/types.js';
-import { FALLOC, native } from '../../../native/index.js';
+import { FADV, FALLOC, native } from '../../../native/index.js';
 import { applyLocks, PERM, permissionsFor } from './locking.js';
+import { cloneDataRuns } from './clone-range.js';
 import { DataMap } from './data-map.js';
+import { EvictBehind } from './evict-behind.js';
 import { preadFull, pwriteFull } from './fd-io.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
@@ -25,8 +27,15 @@ export interface FileOptions extends NodeOptions {
    * this of their file). Without it, writers share the file as qemu-io's do on raw images.
    */
   exclusive?: boolean;
+  /**
+   * How cache=none and directsync keep the page cache out: O_DIRECT (true, the default), or
+   * buffered I/O whose pages are dropped behind it (false; GNU dd's `nocache`). The second is
+   * also what they fall back to where the file system refuses O_DIRECT.
+   */
+  direct?: boolean;
 }
 
+/** O_DIRECT alignment where the file system does not say (statx STATX_DIOALIGN): the largest common logical block. */
 const DIRECT_ALIGNMENT = 4096;
 const SECTOR = 512;
 /**
@@ -51,18 +60,23 @@ export class FileNode extends BlockNode {
   private dataMap: DataMap | undefined;
   /** A buffered descriptor for the unaligned tail of an O_DIRECT file (see handleFor). */
   private tailFh: Promise<fsp.FileHandle> | undefined;
+  /** Offset and length alignment of O_DIRECT I/O; 0 when the file is not open O_DIRECT. */
+  private readonly directAlignment: number;
+  /** Uncached without O_DIRECT: pages are dropped behind the I/O. */
+  private readonly evict: EvictBehind | undefined;
 
-  private constructor(opts: FileOptions, fh: fsp.FileHandle, size: number, isBlockDevice: boolean, exclusive: boolean) {
+  private constructor(opts: FileOptions, f: OpenedFile) {
     super(opts);
     this.path = opts.filename;
-    this.fh = fh;
-    this.isBlockDevice = isBlockDevice;
+    this.fh = f.fh;
+    this.isBlockDevice = f.isBlockDevice;
     this.cache = opts.cache ?? 'writeback';
-    this.exclusive = exclusive;
-    this.size = size;
-    const direct = this.cache === 'none' || this.cache === 'directsync';
-    const align = Math.max(opts.requestAlignment ?? 1, direct ? DIRECT_ALIGNMENT : 1);
-    this.limits = { ...this.limits, requestAlignment: align, memoryAlignment: direct ? DIRECT_ALIGNMENT : 1, optTransfer: 1024 * 1024 };
+    this.exclusive = f.exclusive;
+    this.size = f.size;
+    this.directAlignment = f.direct?.offset ?? 0;
+    this.evict = isUncached(this.cache) && !f.direct ? new EvictBehind(native!, f.fh.fd) : undefined;
+    const align = Math.max(opts.requestAlignment ?? 1, this.directAlignment);
+    this.limits = { ...this.limits, requestAlignment: align, memoryAlignment: f.direct?.memory ?? 1, optTransfer: 1024 * 1024 };
   }
 
   static async open(opts: FileOptions): Promise<FileNode> {
@@ -73,19 +87,15 @@ export class FileNode extends BlockNode {
       throw new BlockError('EINVAL', `request-alignment must be a power of two, not ${opts.requestAlignment}`, ctx);
     }
     const cache = opts.cache ?? 'writeback';
-    const direct = cache === 'none' || cache === 'directsync';
-    if (direct && !native) {
+    const uncached = isUncached(cache);
+    if (uncached && !native) {
       throw new NotSupportedError(`cache=${cache} needs aligned buffers from the native addon, which is not loaded`, ctx);
     }
     let flags = opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
     if (opts.create && !opts.readOnly) flags |= fsc.O_CREAT;
-    if (direct) flags |= fsc.O_DIRECT;
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(path, flags, 0o644);
-    } catch (err) {
-      throw fromSystemError(err, ctx);
-    }
+    const opened = await openUncached(path, flags, uncached && opts.direct !== false, ctx);
+    let fh = opened.fh;
+    let direct: OpenedFile['direct'];
     try {
       const st = await fh.stat();
       if (st.isDirectory()) throw new BlockError('EINVAL', `Could not open '${path}': Is a directory`, ctx);
@@ -97,13 +107,24 @@ export class FileNode extends BlockNode {
         if (!native) throw new NotSupportedError(`Block devices need the native addon, which is not loaded`, ctx);
         size = native.blockDeviceSize(fh.fd);
       }
+      if (opened.direct) {
+        direct = directAlignment(fh.fd, isBlockDevice);
+        // Opened O_DIRECT, yet the file takes no direct I/O (ext4 with data=journal, encrypted
+        // or verity files serve it buffered): drop pages behind the I/O instead. Node has no
+        // fcntl to clear the flag, so the file is opened again.
+        if (!direct) {
+          const buffered = (await openUncached(path, flags, false, ctx)).fh;
+          await fh.close();
+          fh = buffered;
+        }
+      }
       const locking = opts.locking ?? 'auto';
       if (locking === 'on' && !native) throw new NotSupportedError('locking=on needs the native addon, which is not loaded', ctx);
       const { perm, shared } = permissionsFor(!opts.readOnly, opts.exclusive ?? false);
       const locked = locking !== 'off' && native !== null;
       if (locked) await applyLocks(native!, fh.fd, path, perm, shared);
       // While we hold a lock that shares no WRITE, no cooperating process writes the file.
-      return new FileNode({ ...opts, cache }, fh, size, isBlockDevice, locked && (shared & PERM.WRITE) === 0);
+      return new FileNode({ ...opts, cache }, { fh, size, isBlockDevice, exclusive: locked && (shared & PERM.WRITE) === 0, direct });
     } catch (err) {
       await fh.close();
       throw err instanceof BlockError ? err : fromSystemError(err, ctx);
@@ -117,6 +138,52 @@ export class FileNode extends BlockNode {
   /** The underlying descriptor, for syscalls such as reflink that work across two files. */
   get fd(): number {
     return this.fh.fd;
+  }
+
+  /** How cache=none/directsync is kept: O_DIRECT, or pages dropped behind the I/O; undefined for cached modes. */
+  get uncachedBy(): 'o-direct' | 'evict-behind' | undefined {
+    return this.directAlignment > 0 ? 'o-direct' : this.evict ? 'evict-behind' : undefined;
+  }
+
+  /**
+   * posix_fadvise(DONTNEED): drop the range's clean pages from the host page cache. For callers
+   * that read or write through the cache and want it spared behind a copy window; dirty pages
+   * stay until written back (flush first to drop those too). Advice only: without the addon,
+   * or where the file system ignores it, nothing happens.
+   */
+  adviseDontNeed(offset: number, length: number): void {
+    if (!native || this.fh.fd < 0) return;
+    try {
+      native.fadvise(this.fh.fd, offset, length, FADV.DONTNEED);
+    } catch {
+      // Advice: the data is the same either way.
+    }
+  }
+
+  /**
+   * Reflink (FICLONERANGE): [dstOffset, dstOffset + length) of this file comes to share the
+   * extents of `src` at [srcOffset, srcOffset + length); no bytes move and no space is used
+   * until one side is written. Only data runs are cloned: the source's holes stay holes here,
+   * left alone when `targetIsZero`, punched otherwise. Throws NotSupportedError where these
+   * files cannot share extents (ext4, two file systems, ranges off the file system's blocks),
+   * for the caller to copy instead. Returns the bytes cloned (the source's data in the range).
+   */
+  async cloneRange(src: FileNode, srcOffset: number, dstOffset: number, length: number, opts: { targetIsZero?: boolean } = {}): Promise<number> {
+    const ctx = { ...this.ctx('clone', dstOffset, length), source: src.filename };
+    if (this.fh.fd < 0 || src.fd < 0) throw new BlockError('ESHUTDOWN', 'clone on a closed image', ctx);
+    if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', ctx);
+    const valid = (n: number) => Number.isSafeInteger(n) && n >= 0;
+    if (!valid(srcOffset) || !valid(dstOffset) || !valid(length) || srcOffset + length > src.size || dstOffset + length > this.size) {
+      throw new BlockError('ERANGE', `clone of ${length} bytes from offset ${srcOffset} (size ${src.size}) to offset ${dstOffset} is outside the images (size ${this.size})`, ctx);
+    }
+    if (!native) throw new NotSupportedError('Cloning needs the native addon, which is not loaded', ctx);
+    const hole = (offset: number, n: number) => opts.targetIsZero ? Promise.resolve() : this.writeZeroes(offset, n, { mayUnmap: true });
+    this.dataMap = undefined;
+    try {
+      return await cloneDataRuns(native, { srcFd: src.fd, dstFd: this.fh.fd, srcOffset, dstOffset, length, hole, ctx });
+    } finally {
+      this.dataMap = undefined;
+    }
   }
 
   override async allocatedSize(): Promise<number | undefined> {
@@ -142,6 +209,7 @@ export class FileNode extends BlockNode {
     // A file that shrank under us reads as zeros past its end, as a hole would.
     if (done < buf.byteLength) buf.fill(0, done);
     if (buf !== into) into.set(buf);
+    this.evict?.afterRead(offset, into.byteLength);
   }
 
   protected override async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
@@ -151,6 +219,7 @@ export class FileNode extends BlockNode {
     const buf = fh === this.fh ? this.ioBuffer(data, true) : data;
     try {
       await pwriteFull(fh.fd, buf, offset);
+      await this.evict?.afterWrite(offset, data.byteLength);
       if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await fh.datasync();
     } catch (err) {
       throw fromSystemError(err, this.ctx('write', offset, data.byteLength));
@@ -220,6 +289,7 @@ export class FileNode extends BlockNode {
     if (this.cache === 'unsafe') return;
     try {
       await this.fh.datasync();
+      await this.evict?.drain();
     } catch (err) {
       throw fromSystemError(err, this.ctx('flush'));
     }
@@ -275,10 +345,17 @@ export class FileNode extends BlockNode {
     const tail = this.tailFh;
     this.tailFh = undefined;
     try {
-      await this.fh.close();
+      // Pages still in the window are dropped; a writeback error they hit is this close's error.
+      await this.evict?.drain();
+    } catch (err) {
+      throw fromSystemError(err, this.ctx('close'));
     } finally {
-      // A tail handle that failed to open has nothing to close.
-      if (tail) await tail.then((fh) => fh.close(), () => undefined);
+      try {
+        await this.fh.close();
+      } finally {
+        // A tail handle that failed to open has nothing to close.
+        if (tail) await tail.then((fh) => fh.close(), () => undefined);
+      }
     }
   }
 
@@ -289,7 +366,7 @@ export class FileNode extends BlockNode {
    * buffered and direct I/O to one file coherent) rather than padding past the end of the file.
    */
   private handleFor(length: number): fsp.FileHandle | Promise<fsp.FileHandle> {
-    if (this.limits.memoryAlignment <= 1 || length % DIRECT_ALIGNMENT === 0) return this.fh;
+    if (this.directAlignment === 0 || length % this.directAlignment === 0) return this.fh;
     this.tailFh ??= fsp.open(this.path, this.readOnly ? fsc.O_RDONLY : fsc.O_RDWR).catch((err) => {
       this.tailFh = undefined;
       throw fromSystemError(err, this.ctx('open'));
@@ -297,14 +374,58 @@ export class FileNode extends BlockNode {
     return this.tailFh;
   }
 
-  /** O_DIRECT wants buffer addresses aligned too; copy through an aligned bounce buffer. */
+  /** O_DIRECT wants buffer addresses aligned too; copy a misaligned one through a bounce buffer. */
   private ioBuffer(buf: Uint8Array, copyIn = false): Uint8Array {
     const align = this.limits.memoryAlignment;
-    if (align <= 1 || !native) return buf;
+    if (align <= 1 || !native || native.isAlignedBuffer(buf, align)) return buf;
     const aligned = native.alignedBuffer(buf.byteLength, align);
     if (copyIn) aligned.set(buf);
     return aligned;
   }
+}
+
+interface OpenedFile {
+  fh: fsp.FileHandle;
+  size: number;
+  isBlockDevice: boolean;
+  /** We hold a lock that keeps other writers out. */
+  exclusive: boolean;
+  /** Open O_DIRECT, with the alignments its I/O needs. */
+  direct: { memory: number; offset: number } | undefined;
+}
+
+function isUncached(cache: CacheMode): boolean {
+  return cache === 'none' || cache === 'directsync';
+}
+
+/**
+ * Opens with O_DIRECT when asked and the file system takes it; where it refuses (EINVAL: ramfs,
+ * some FUSE and network file systems), buffered, and the caller drops pages behind the I/O.
+ */
+async function openUncached(path: string, flags: number, direct: boolean, ctx: Record<string, unknown>): Promise<{ fh: fsp.FileHandle; direct: boolean }> {
+  try {
+    return { fh: await fsp.open(path, direct ? flags | fsc.O_DIRECT : flags, 0o644), direct };
+  } catch (err) {
+    if (!direct || (err as NodeJS.ErrnoException).code !== 'EINVAL') throw fromSystemError(err, ctx);
+  }
+  return openUncached(path, flags, false, ctx);
+}
+
+/**
+ * The alignment O_DIRECT I/O on this file needs: the file system's answer (statx DIOALIGN, Linux
+ * 6.1+), else a block device's logical sector, else 4096, which covers every common logical
+ * block size. undefined: the file takes no direct I/O.
+ */
+function directAlignment(fd: number, isBlockDevice: boolean): { memory: number; offset: number } | undefined {
+  let dio: [number, number] | null = null;
+  try {
+    dio = native!.dioAlignment(fd);
+  } catch {
+    // An error asking is no answer; the defaults below are safe.
+  }
+  if (dio) return dio[1] === 0 ? undefined : { memory: Math.max(dio[0], 1), offset: dio[1] };
+  const sector = isBlockDevice ? native!.blockSectorSize(fd) : DIRECT_ALIGNMENT;
+  return { memory: sector, offset: sector };
 }
 
 function isUnsupportedErrno(err: unknown): boolean {
