@@ -9,6 +9,7 @@ import { cloneDataRuns } from './clone-range.js';
 import { DataMap } from './data-map.js';
 import { EvictBehind } from './evict-behind.js';
 import { preadFull, pwriteFull } from './fd-io.js';
+import { isUnsupportedErrno, zeroRange } from './zero-range.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
 export type CacheMode = 'writeback' | 'writethrough' | 'none' | 'directsync' | 'unsafe';
@@ -230,40 +231,16 @@ export class FileNode extends BlockNode {
     }
   }
 
-  /*
-   * Zeroing as QEMU's file-posix does it: punch when unmapping is allowed (cheapest, leaves a
-   * hole), else ZERO_RANGE (allocated, reads zero), else punch and re-allocate. Anything else
-   * is ENOTSUP and the generic layer writes zero buffers, unless the caller forbade that. Block
-   * devices take the same calls: since Linux 4.9 fallocate zeroes through the device, and
-   * refuses rather than writing zeros itself when the device cannot do it cheaply.
-   */
+  /** Zeroing with fallocate alone (see zeroRange); ENOTSUP lets the generic layer write zero buffers. */
   protected override async _writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     this.dataMap = undefined;
     const ctx = this.ctx('write-zeroes', offset, length);
     if (!native) throw new NotSupportedError('fallocate is not available without the native addon', ctx);
-    const fd = this.fh.fd;
-    const attempts: number[] = opts.mayUnmap && !opts.allocate
-      ? [FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, FALLOC.ZERO_RANGE]
-      : [FALLOC.ZERO_RANGE];
-    let lastErr: unknown;
-    for (const mode of attempts) {
-      try {
-        await native.fallocate(fd, mode, offset, length);
-        return await this.afterZero(opts, ctx);
-      } catch (err) {
-        if (!isUnsupportedErrno(err)) throw fromSystemError(err, ctx);
-        lastErr = err;
-      }
-    }
-    try {
-      await native.fallocate(fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, length);
-      await native.fallocate(fd, 0, offset, length);
-      return await this.afterZero(opts, ctx);
-    } catch (err) {
-      if (!isUnsupportedErrno(err)) throw fromSystemError(err, ctx);
-      lastErr = err;
-    }
-    throw new NotSupportedError('the file system cannot zero ranges efficiently', ctx, { cause: lastErr });
+    await zeroRange(native, {
+      fd: this.fh.fd, offset, length, mayUnmap: !!opts.mayUnmap, allocate: !!opts.allocate, noFallback: !!opts.noFallback,
+      blockDevice: this.isBlockDevice, fileEnd: this.size, ctx,
+    });
+    return this.afterZero(opts, ctx);
   }
 
   private async afterZero(opts: ZeroOptions, ctx: Record<string, unknown>): Promise<void> {
@@ -426,9 +403,4 @@ function directAlignment(fd: number, isBlockDevice: boolean): { memory: number; 
   if (dio) return dio[1] === 0 ? undefined : { memory: Math.max(dio[0], 1), offset: dio[1] };
   const sector = isBlockDevice ? native!.blockSectorSize(fd) : DIRECT_ALIGNMENT;
   return { memory: sector, offset: sector };
-}
-
-function isUnsupportedErrno(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException)?.code;
-  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL' || code === 'ENOTTY';
 }
