@@ -34,3 +34,25 @@ test('null images read zeros, drop writes and report zeros', async () => {
   const viaRegistry = await open({ driver: 'null', size: '4096' });
   assert.equal(viaRegistry.size, 4096);
 });
+
+test('memory and null zero natively: noFallback and allocate succeed and zero exactly the range', async () => {
+  const opts = [{}, { mayUnmap: true }, { noFallback: true }, { noFallback: true, mayUnmap: true }, { allocate: true }, { allocate: true, fua: true }];
+  for (const o of opts) {
+    const m = new MemoryNode({ size: 10_000, data: new Uint8Array(10_000).fill(7) });
+    assert.equal(m.caps.zero, 'native');
+    assert.equal(m.caps.fastZero, true);
+    // noFallback/allocate leave the layer no buffer writes to fall back to: success is the hook's.
+    await m.writeZeroes(1001, 4093, o);
+    const want = new Uint8Array(10_000).fill(7).fill(0, 1001, 5094);
+    assert.deepEqual(m.contents, want, JSON.stringify(o));
+    const n = new NullNode({ size: 10_000 });
+    assert.equal(n.caps.fastZero, true);
+    await n.writeZeroes(1001, 4093, o);
+    const buf = new Uint8Array(10_000).fill(1);
+    await n.read(0, buf);
+    assert.deepEqual(buf, new Uint8Array(10_000), JSON.stringify(o));
+  }
+  const ro = new MemoryNode({ size: 4096, readOnly: true });
+  await assert.rejects(ro.writeZeroes(0, 4096, { noFallback: true }), { code: 'EROFS' });
+  await assert.rejects(ro.writeZeroes(0, 4096, { allocate: true }), { code: 'EROFS' });
+});
