@@ -4,6 +4,7 @@ import { UsageError } from './errors.js';
 
 /** Subcommands load lazily: `vdisk info` should not pay for the NBD server's imports. */
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  amend: { summary: 'change format options of an image (qemu-img amend)', load: async () => (await import('./amend.js')).amend },
   bench: { summary: 'run a simple image benchmark (qemu-img bench)', load: async () => (await import('./bench.js')).bench },
   check: { summary: 'check an image for consistency (qemu-img check)', load: async () => (await import('./check.js')).check },
   compare: { summary: 'compare the contents of two images (qemu-img compare)', load: async () => (await import('./compare.js')).compare },

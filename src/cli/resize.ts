@@ -1,6 +1,6 @@
 import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
-import { preallocateQcow2, type Qcow2Preallocation } from '../drivers/format/qcow2/preallocate.js';
+import { preallocateQcow2 } from '../drivers/format/qcow2/preallocate.js';
 import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
@@ -47,8 +47,7 @@ export async function resize(argv: string[], io: CliIo): Promise<number> {
   }
   const size = Number(total);
   if (prealloc === 'metadata' && !(node instanceof Qcow2Node)) throw new BlockError('ENOTSUP', 'Unsupported preallocation mode: metadata', { op: 'resize' });
-  await node.resize(size);
-  if (size > current) await fillNewRange(node, current, size, prealloc);
+  await resizeImage(node, size, prealloc);
   await node.flush();
   if (!hasFlag(p, 'quiet')) print(io, 'Image resized.');
   return 0;
@@ -68,13 +67,16 @@ function parseChange(text: string): { relative: -1 | 0 | 1; amount: bigint } {
 }
 
 /**
- * What the grown range [from, to) must read, as QEMU's truncate leaves it: preallocated as
- * asked, and zeros rather than the backing file's data where the backing file reaches into it
- * (QEMU's BDRV_REQ_ZERO_WRITE for growing an image whose backing file is longer).
+ * Resizes as QEMU's truncate does: a grown range preallocated as asked, and reading zeros
+ * rather than the backing file's data where the backing file reaches into it (QEMU's
+ * BDRV_REQ_ZERO_WRITE for growing an image whose backing file is longer).
  */
-async function fillNewRange(node: BlockNode, from: number, to: number, prealloc: Prealloc): Promise<void> {
+export async function resizeImage(node: BlockNode, to: number, prealloc: Prealloc = 'off'): Promise<void> {
+  const from = node.size;
+  await node.resize(to);
+  if (to <= from) return;
   if (prealloc !== 'off') {
-    if (node instanceof Qcow2Node) await preallocateQcow2(node, from, to - from, prealloc as Qcow2Preallocation);
+    if (node instanceof Qcow2Node) await preallocateQcow2(node, from, to - from, prealloc);
     else if (prealloc === 'falloc') await node.writeZeroes(from, to - from, { allocate: true });
     else await writeZeroData(node, from, to);
   }

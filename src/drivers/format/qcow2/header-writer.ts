@@ -26,6 +26,10 @@ export interface HeaderImage {
   backingFile?: string | undefined;
   backingFormat?: string | undefined;
   dataFile?: string | undefined;
+  /** An existing image's v3 header fields past byte 112 that vdisk does not know, kept. */
+  extraHeaderFields?: Uint8Array | undefined;
+  /** An existing image's extensions vdisk does not interpret, kept (QEMU writes them after its own). */
+  otherExtensions?: readonly { type: number; data: Uint8Array }[] | undefined;
 }
 
 /** QEMU's feature name table (type, bit, name), in QEMU's order. */
@@ -66,12 +70,13 @@ function extensions(h: HeaderImage): [number, Uint8Array][] {
     });
     out.push([EXT.FEATURE_TABLE, table]);
   }
+  for (const e of h.otherExtensions ?? []) out.push([e.type, e.data]);
   return out;
 }
 
 /** Bytes of cluster 0 that the header, its extensions and the backing file name take. */
 export function headerBytesNeeded(h: HeaderImage): number {
-  const fixed = h.version === 2 ? V2_HEADER_LENGTH : V3_HEADER_LENGTH;
+  const fixed = h.version === 2 ? V2_HEADER_LENGTH : V3_HEADER_LENGTH + (h.extraHeaderFields?.byteLength ?? 0);
   const exts = extensions(h).reduce((n, [, data]) => n + 8 + padded(data.byteLength), 0);
   const backing = h.backingFile === undefined ? 0 : encoder.encode(h.backingFile).byteLength;
   return fixed + exts + 8 + backing;
@@ -100,9 +105,11 @@ export function writeHeaderCluster(h: HeaderImage, out: Uint8Array): void {
     dv.setBigUint64(80, h.compatibleFeatures);
     dv.setBigUint64(88, h.autoclearFeatures);
     dv.setUint32(96, h.refcountOrder);
-    dv.setUint32(100, V3_HEADER_LENGTH);
+    const extra = h.extraHeaderFields ?? new Uint8Array(0);
+    dv.setUint32(100, V3_HEADER_LENGTH + extra.byteLength);
     out[104] = h.compressionType;
-    at = V3_HEADER_LENGTH;
+    out.set(extra, V3_HEADER_LENGTH);
+    at = V3_HEADER_LENGTH + extra.byteLength;
   }
   for (const [type, data] of extensions(h)) {
     dv.setUint32(at, type);

@@ -19,8 +19,8 @@ export class LazyRefcounts {
   constructor(
     private readonly file: BlockNode,
     private readonly header: Qcow2Header,
-    /** lazy-refcounts, as the option or else the header's compatible bit asks. */
-    readonly enabled: boolean,
+    /** lazy-refcounts, as the option or else the header's compatible bit asks (amend changes it). */
+    public enabled: boolean,
   ) {}
 
   /**

@@ -1,10 +1,11 @@
 import { OFLAG_COPIED } from './constants.js';
+import type { Qcow2Preallocation } from './create-options.js';
 import { decode, Sub } from './l2-entry.js';
 import type { WritableEntry } from './l2-editor.js';
 import type { Qcow2Internals, Qcow2Node } from './qcow2-node.js';
 
 /** QEMU's preallocation modes for a range of an existing image (qemu-img resize --preallocation). */
-export type Qcow2Preallocation = 'metadata' | 'falloc' | 'full';
+type Mode = Exclude<Qcow2Preallocation, 'off'>;
 
 /**
  * Allocates a host cluster for every cluster of [offset, offset + length) that has none, as
@@ -13,7 +14,7 @@ export type Qcow2Preallocation = 'metadata' | 'falloc' | 'full';
  * sparse, `falloc` reserves it (fallocate), `full` writes zeros. Clusters that already hold
  * something (data, a compressed or a preallocated zero cluster) are left as they are.
  */
-export function preallocateQcow2(node: Qcow2Node, offset: number, length: number, mode: Qcow2Preallocation): Promise<void> {
+export function preallocateQcow2(node: Qcow2Node, offset: number, length: number, mode: Mode): Promise<void> {
   return node.maintain('preallocate', async (p) => {
     const cs = p.g.clusterSize;
     // One L2 table's worth of clusters per batch: the pinned dirty slices stay bounded.
@@ -37,7 +38,7 @@ export function preallocateQcow2(node: Qcow2Node, offset: number, length: number
   });
 }
 
-async function allocateBatch(p: Qcow2Internals, entries: WritableEntry[], guests: number[], mode: Qcow2Preallocation): Promise<void> {
+async function allocateBatch(p: Qcow2Internals, entries: WritableEntry[], guests: number[], mode: Mode): Promise<void> {
   const { g } = p;
   const cs = g.clusterSize;
   // With an external data file the host offset is the guest offset; else one contiguous run.
@@ -56,7 +57,7 @@ async function allocateBatch(p: Qcow2Internals, entries: WritableEntry[], guests
  * Makes [start, end) of the data file read as zeros in the way `mode` asks. A free cluster
  * below the end of the file may hold what an earlier owner left there, so it is zeroed too.
  */
-async function zeroHostRange(p: Qcow2Internals, start: number, end: number, mode: Qcow2Preallocation): Promise<void> {
+async function zeroHostRange(p: Qcow2Internals, start: number, end: number, mode: Mode): Promise<void> {
   const { dataFile, guard } = p;
   await guard.check(start, end - start);
   const oldEnd = dataFile.size;

@@ -441,6 +441,15 @@ export class RefcountLoader {
     await loaded?.reload(this.header);
   }
 
+  /**
+   * The refcount structures were replaced by ones of another width (amend refcount_bits): the
+   * next get() reads them anew from the header. Nothing of the old ones may be unwritten.
+   */
+  forget(): void {
+    this.loaded = undefined;
+    this.loading = undefined;
+  }
+
   /** The refcounts if something has loaded them (only then can they hold unwritten changes). */
   get current(): Refcounts | undefined {
     return this.loaded;
