@@ -1,25 +1,33 @@
 import { stat } from 'node:fs/promises';
 import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
+import type { CacheMode } from '../drivers/protocol/file/index.js';
+import type { ReflinkMode } from '../jobs/clone-plan.js';
 import { ConvertJob } from '../jobs/convert-job.js';
 import { open, registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
+import { convertCache, reflinkMode } from './convert-modes.js';
 import { parseCreateOptions } from './create.js';
 import { UsageError } from './errors.js';
-import { cacheMode, openImage } from './open-image.js';
+import { openImage } from './open-image.js';
 import { strtol } from './io/numbers.js';
 import { QemuProgress } from './progress.js';
 import { parseSize } from './sizes.js';
 
 const HELP = `usage: vdisk convert [-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-S SIZE] [-n]
-       [--target-is-zero] [-m N] [-W] [-t CACHE] [-T SRC_CACHE] [-U] [--image-opts] [-p] [-q] SRC... DST
+       [--target-is-zero] [-m N] [-W] [-t CACHE] [-T SRC_CACHE] [--cache=CACHE] [--reflink=WHEN]
+       [-U] [--image-opts] [-p] [-q] SRC... DST
 Copies one or more images (laid end to end) into a new or existing image, as qemu-img convert does:
 only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 allocates everything).
   -B BACKING  create DST as an overlay of BACKING; ranges the source leaves to its own backing
               file are not copied (BACKING must hold what that backing file holds)
   -n          DST exists already (opened as -O, default raw); --target-is-zero: it reads as zeros
-  -m N        requests in flight (1-16, default 8); -W lets writes complete out of order`;
+  -m N        requests in flight (1-16, default 8); -W lets writes complete out of order
+  --cache=CACHE  host cache mode of sources and target (-T and -t each override it); 'none'
+              keeps the copy out of the page cache
+  --reflink=auto|always|never  raw to raw on one file system that shares extents (XFS, btrfs):
+              clone instead of copying (default auto: clone where possible)`;
 
 const SECTOR = 512;
 /** qemu-img's bounds: -S up to 16 MiB, -m up to 16 coroutines. */
@@ -40,6 +48,9 @@ interface ConvertArgs {
   inFlight: number;
   outOfOrder: boolean;
   progress: boolean;
+  sourceCache: CacheMode | undefined;
+  targetCache: CacheMode | undefined;
+  reflink: ReflinkMode;
 }
 
 function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
@@ -48,7 +59,7 @@ function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
     { short: 'B', value: true }, { short: 'F', value: true }, { short: 'S', value: true }, { short: 'n' },
     { long: 'target-is-zero' }, { short: 'm', value: true }, { short: 'W' }, { short: 'p' }, { short: 'q' },
     { short: 't', value: true }, { short: 'T', value: true }, { short: 'U', long: 'force-share' }, { long: 'image-opts' },
-    { short: 'c' }, { short: 'h', long: 'help' },
+    { short: 'c' }, { short: 'h', long: 'help' }, { long: 'cache', value: true }, { long: 'reflink', value: true },
   ], 'vdisk convert');
   if (hasFlag(p, 'help')) return 'help';
   const skipCreate = hasFlag(p, 'n');
@@ -72,6 +83,8 @@ function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
     inFlight: inFlight(lastValue(p, 'm')),
     outOfOrder: hasFlag(p, 'W'),
     progress: hasFlag(p, 'p') && !quiet,
+    ...convertCache(p),
+    reflink: reflinkMode(lastValue(p, 'reflink')),
   };
 }
 
@@ -107,7 +120,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
   const sources: BlockNode[] = [];
   let target: BlockNode | undefined;
   try {
-    for (const name of a.sources) sources.push(await openImage(p, name, { readOnly: true, cache: cacheMode(lastValue(p, 'T')) }));
+    for (const name of a.sources) sources.push(await openImage(p, name, { readOnly: true, cache: a.sourceCache }));
     const total = sources.reduce((sum, s) => sum + s.size, 0);
     const backing = a.backing ?? a.createOptions?.backing_file;
     if (backing !== undefined && sources.length > 1) {
@@ -116,7 +129,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
     if (a.targetIsZero && backing !== undefined) throw new UsageError('Cannot use --target-is-zero when the destination image has a backing file');
     await refuseSourceAsTarget(sources, a.target);
     if (!a.skipCreate) await createTarget(a, total);
-    target = await open(a.target, { format: a.outFormat, cache: cacheMode(lastValue(p, 't')) ?? 'unsafe' });
+    target = await open(a.target, { format: a.outFormat, cache: a.targetCache ?? 'unsafe' });
     if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
 
     const job = new ConvertJob({
@@ -130,6 +143,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       sparseSize: a.sparseSize,
       inFlight: a.inFlight,
       outOfOrder: a.outOfOrder,
+      reflink: a.reflink,
     });
     if (total > 0) {
       void (async () => {

@@ -1,7 +1,11 @@
+import { cloneImage, type ReflinkMode } from './clone-plan.js';
 import { copyImage, type CopyOptions } from './copy-engine.js';
 import { Job, type JobOptions } from './job.js';
 
-export type ConvertOptions = Omit<CopyOptions, 'checkpoint' | 'onProgress'> & JobOptions;
+export type ConvertOptions = Omit<CopyOptions, 'checkpoint' | 'onProgress'> & JobOptions & {
+  /** Clone raw → raw on a file system that shares extents (clone-plan.ts); default 'never'. */
+  reflink?: ReflinkMode;
+};
 
 /**
  * qemu-img convert as a job: the sources, laid end to end, copied into an opened target by the
@@ -14,6 +18,8 @@ export class ConvertJob extends Job<void> {
 
   protected async run(): Promise<void> {
     this.setTotal(this.opts.sources.reduce((sum, s) => sum + s.size, 0));
-    await copyImage({ ...this.opts, checkpoint: () => this.checkpoint(), onProgress: (n) => this.addProgress(n) });
+    const hooks = { checkpoint: () => this.checkpoint(), onProgress: (n: number) => this.addProgress(n) };
+    if (await cloneImage({ ...this.opts, ...hooks, reflink: this.opts.reflink ?? 'never' })) return;
+    await copyImage({ ...this.opts, ...hooks });
   }
 }
