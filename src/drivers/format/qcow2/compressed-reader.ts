@@ -17,6 +17,11 @@ export class CompressedReader {
     private readonly corruption: (what: string) => BlockError,
   ) {}
 
+  /** Drops the cached cluster: compressed bytes were written, perhaps where freed ones lay. */
+  forget(): void {
+    this.last = undefined;
+  }
+
   /** Fills `dst` with the guest bytes at `pos`, whose cluster is compressed at `range`. */
   async read(range: CompressedRange, pos: number, dst: Uint8Array): Promise<void> {
     const file = this.file;

@@ -14,9 +14,9 @@ const MIN_CLUSTER = 512;
 const MAX_CLUSTER = 2 * 1024 * 1024;
 /**
  * Measured on 64 KiB clusters (Node 20, 2 cores): a sync inflate takes 40–150 µs, the async one
- * 230–370 µs because of the thread-pool hop; deflate 200–350 µs sync, 380–530 µs async. So small
- * clusters run synchronously; from 128 KiB on the work (up to ~5 ms for 2 MiB) is worth moving
- * off the event loop.
+ * 230–370 µs because of the thread-pool hop. So small clusters decompress synchronously; from
+ * 128 KiB on the work (up to ~5 ms for 2 MiB) is worth moving off the event loop. (Compression
+ * is always asynchronous: see compressCluster.)
  */
 const SYNC_MAX = 64 * 1024;
 
@@ -58,7 +58,10 @@ export async function decompressCluster(type: CompressionType, input: Uint8Array
 
 /**
  * Returns the compressed cluster, or null when it would not be smaller than the cluster (QEMU
- * then writes the cluster uncompressed; it compresses into cluster_size - 1 bytes).
+ * then writes the cluster uncompressed: qcow2_co_pwritev_compressed_task compresses into
+ * cluster_size - 1 bytes and falls back on -ENOMEM). Deflate always runs on libuv's thread pool,
+ * however small the cluster: a writer compresses many clusters at once (convert -c), and only
+ * off the event loop do they use more than one core.
  */
 export async function compressCluster(type: CompressionType, data: Uint8Array): Promise<Uint8Array | null> {
   checkClusterSize(data.byteLength);
@@ -93,7 +96,7 @@ async function deflateCluster(data: Uint8Array): Promise<Uint8Array | null> {
   // Output that reaches the cluster size is useless; let zlib stop there instead of growing.
   const opts = { ...DEFLATE_OPTS, chunkSize: data.byteLength, maxOutputLength: data.byteLength - 1 };
   try {
-    const out = data.byteLength <= SYNC_MAX ? zlib.deflateRawSync(data, opts) : await deflateRawAsync(data, opts);
+    const out = await deflateRawAsync(data, opts);
     return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') return null;

@@ -6,6 +6,7 @@ import { checkQcow2, type CheckFix, type CheckResult } from './check.js';
 import { CacheCleaner } from './cache-cleaner.js';
 import { resolveCacheSizes, type CacheOptions, type CacheSizes } from './cache-options.js';
 import { CompressedReader } from './compressed-reader.js';
+import { CompressedWriter, type CompressedWrite } from './compressed-writer.js';
 import { CorruptionSignal } from './corruption.js';
 import type { CompressionType } from './compression.js';
 import { COMPAT, INCOMPAT } from './constants.js';
@@ -89,6 +90,7 @@ export class Qcow2Node extends BlockNode {
   private readonly editor: L2Editor;
   private readonly dataWriter: DataWriter;
   private readonly zeroWriter: ZeroWriter;
+  private readonly compressedWriter: CompressedWriter;
   private readonly cleaner: CacheCleaner;
   private readonly lazy: LazyRefcounts;
   private readonly signal: CorruptionSignal;
@@ -137,6 +139,12 @@ export class Qcow2Node extends BlockNode {
     });
     this.zeroWriter = new ZeroWriter({
       g, header: h, dataFile: this.dataFile, hasBacking: parts.backing !== undefined, mapping, editor, lock, writeback, size,
+      ctx: (op, offset, length) => this.ctx(op, offset, length),
+    });
+    this.compressedWriter = new CompressedWriter({
+      g, file, compression: parts.compression, editor, lock, writeback, guard, refcounts, size, corruption,
+      writePlain: (offset, data) => this.dataWriter.write(offset, data),
+      written: () => this.compressed.forget(),
       ctx: (op, offset, length) => this.ctx(op, offset, length),
     });
     this.cleaner = new CacheCleaner(cache.cleanInterval, () => {
@@ -254,6 +262,23 @@ export class Qcow2Node extends BlockNode {
     this.refuseIfCorrupt('discard', offset, length);
     await this.settleAutoclear();
     await this.zeroWriter.discard(offset, length);
+  }
+
+  /**
+   * Compressed clusters (QEMU's BDRV_REQ_WRITE_COMPRESSED, as qemu-img convert -c writes them):
+   * whole clusters from a cluster boundary (the image's last one may be short), into clusters
+   * that hold nothing yet. The clusters are compressed when this resolves; `commit()` stores them,
+   * so a caller can compress many requests at once and still store them in order.
+   */
+  async prepareCompressedWrite(offset: number, data: Uint8Array): Promise<CompressedWrite> {
+    if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', this.ctx('write compressed', offset, data.byteLength));
+    this.refuseIfCorrupt('write compressed', offset, data.byteLength);
+    await this.settleAutoclear();
+    return this.compressedWriter.prepare(offset, data);
+  }
+
+  async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
+    await (await this.prepareCompressedWrite(offset, data)).commit();
   }
 
   /**

@@ -41,6 +41,8 @@ export class Refcounts {
   private tableClusters: number;
   /** Bumped whenever a refcount block or the table moves or appears. */
   version = 0;
+  /** Bumped whenever pending frees are applied: a cluster seen in use may be free, or reused, since. */
+  freesApplied = 0;
   /**
    * Two table entries naming one refcount block, if the image has them. Reads are fine, but
    * every count in that block would stand for two ranges of clusters, so nothing is allocated.
@@ -263,6 +265,7 @@ export class Refcounts {
     const freed: number[] = [];
     const frees = this.pendingFrees;
     this.pendingFrees = [];
+    if (frees.length > 0) this.freesApplied++;
     for (const index of frees) {
       const current = await this.get(index);
       // Already free: the reference was corrupt (check will report it); never create refcount
