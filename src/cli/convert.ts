@@ -3,33 +3,41 @@ import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import type { CacheMode } from '../drivers/protocol/file/index.js';
 import type { ReflinkMode } from '../jobs/clone-plan.js';
+import { compressedTarget } from '../jobs/compressed-target.js';
 import { ConvertJob } from '../jobs/convert-job.js';
+import { jobInfo } from '../jobs/job-info.js';
+import type { Job } from '../jobs/job.js';
 import { open, registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { convertCache, reflinkMode } from './convert-modes.js';
 import { parseCreateOptions } from './create.js';
 import { UsageError } from './errors.js';
-import { openImage } from './open-image.js';
+import { openImage, outputFormat } from './open-image.js';
 import { strtol } from './io/numbers.js';
 import { QemuProgress } from './progress.js';
 import { parseSize } from './sizes.js';
 
-const HELP = `usage: vdisk convert [-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-S SIZE] [-n]
+const HELP = `usage: vdisk convert [-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-S SIZE] [-c] [-n]
        [--target-is-zero] [-m N] [-W] [-t CACHE] [-T SRC_CACHE] [--cache=CACHE] [--reflink=WHEN]
-       [-U] [--image-opts] [-p] [-q] SRC... DST
+       [-U] [--image-opts] [-p] [-q] [--output=human|json] SRC... DST
 Copies one or more images (laid end to end) into a new or existing image, as qemu-img convert does:
 only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 allocates everything).
   -B BACKING  create DST as an overlay of BACKING; ranges the source leaves to its own backing
               file are not copied (BACKING must hold what that backing file holds)
+  -c          compress the data clusters of DST (qcow2; -o compression_type=zlib or zstd)
   -n          DST exists already (opened as -O, default raw); --target-is-zero: it reads as zeros
   -m N        requests in flight (1-16, default 8); -W lets writes complete out of order
   --cache=CACHE  host cache mode of sources and target (-T and -t each override it); 'none'
               keeps the copy out of the page cache
   --reflink=auto|always|never  raw to raw on one file system that shares extents (XFS, btrfs):
-              clone instead of copying (default auto: clone where possible)`;
+              clone instead of copying (default auto: clone where possible)
+  --output=json  one JSON object per line as the copy runs and when it ends (QMP's query-jobs
+              names: id, type, status, current-progress, total-progress, error)`;
 
 const SECTOR = 512;
+/** Formats whose images take compressed clusters (QEMU's block_driver_can_compress). */
+const COMPRESSING_FORMATS = new Set(['qcow2']);
 /** qemu-img's bounds: -S up to 16 MiB, -m up to 16 coroutines. */
 const MAX_SPARSE = 32768 * SECTOR;
 const MAX_IN_FLIGHT = 16;
@@ -47,7 +55,10 @@ interface ConvertArgs {
   targetIsZero: boolean;
   inFlight: number;
   outOfOrder: boolean;
+  compressed: boolean;
   progress: boolean;
+  quiet: boolean;
+  output: 'human' | 'json';
   sourceCache: CacheMode | undefined;
   targetCache: CacheMode | undefined;
   reflink: ReflinkMode;
@@ -60,11 +71,11 @@ function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
     { long: 'target-is-zero' }, { short: 'm', value: true }, { short: 'W' }, { short: 'p' }, { short: 'q' },
     { short: 't', value: true }, { short: 'T', value: true }, { short: 'U', long: 'force-share' }, { long: 'image-opts' },
     { short: 'c' }, { short: 'h', long: 'help' }, { long: 'cache', value: true }, { long: 'reflink', value: true },
+    { long: 'output', value: true },
   ], 'vdisk convert');
   if (hasFlag(p, 'help')) return 'help';
   const skipCreate = hasFlag(p, 'n');
   const targetIsZero = hasFlag(p, 'target-is-zero');
-  if (hasFlag(p, 'c')) throw new BlockError('ENOTSUP', 'Compressed output (-c) is not supported yet', { op: 'convert' });
   if (skipCreate && p.options.has('o')) throw new UsageError('-o has no effect when skipping image creation');
   if (targetIsZero && !skipCreate) throw new UsageError('--target-is-zero requires use of -n flag');
   if (p.positionals.length < 2) throw new UsageError('Must specify image file name');
@@ -82,7 +93,10 @@ function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
     targetIsZero,
     inFlight: inFlight(lastValue(p, 'm')),
     outOfOrder: hasFlag(p, 'W'),
+    compressed: hasFlag(p, 'c'),
     progress: hasFlag(p, 'p') && !quiet,
+    quiet,
+    output: outputFormat(p),
     ...convertCache(p),
     reflink: reflinkMode(lastValue(p, 'reflink')),
   };
@@ -114,7 +128,8 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
   const a = parseConvertArgs(argv);
   if (a === 'help') return print(io, HELP), 0;
   const p = a.parsed;
-  const progress = new QemuProgress(a.progress ? io.stdout : undefined, 1);
+  // --output=json reports progress itself, in its own lines.
+  const progress = new QemuProgress(a.progress && a.output === 'human' ? io.stdout : undefined, 1);
   progress.print(0, 100);
 
   const sources: BlockNode[] = [];
@@ -130,6 +145,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
     await refuseSourceAsTarget(sources, a.target);
     if (!a.skipCreate) await createTarget(a, total);
     target = await open(a.target, { format: a.outFormat, cache: a.targetCache ?? 'unsafe' });
+    if (a.compressed && !compressedTarget(target)) throw new UsageError('Compression not supported for this file format');
     if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
 
     const job = new ConvertJob({
@@ -144,12 +160,12 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       inFlight: a.inFlight,
       outOfOrder: a.outOfOrder,
       reflink: a.reflink,
+      compressed: a.compressed,
     });
-    if (total > 0) {
-      void (async () => {
+    const reporting = a.output === 'json' ? reportJson(job, io, a.quiet)
+      : total > 0 ? (async () => {
         for await (const e of job.events()) if (e.type === 'progress' && e.done > 0) progress.print((100 * e.done) / total, 0);
-      })();
-    }
+      })() : undefined;
     // Ctrl-C stops the copy between requests: nothing is left half-written and the target is
     // flushed and closed, so a qcow2 target stays consistent (and can be converted again).
     const interrupt = (signal: NodeJS.Signals) => job.cancel(new Error(`interrupted by ${signal}`));
@@ -158,6 +174,8 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       await job.start();
     } finally {
       process.off('SIGINT', interrupt).off('SIGTERM', interrupt);
+      // The job has concluded, so its events have ended: the last line is out before we return.
+      await reporting;
     }
     progress.print(100, 0);
   } finally {
@@ -169,12 +187,30 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
 }
 
 /**
+ * --output=json: the job as QMP's query-jobs shows it, one line when it starts running, one
+ * whenever another whole percent is done (not with -q), and one when it concludes, with the
+ * error if it failed.
+ */
+async function reportJson(job: Job<void>, io: CliIo, quiet: boolean): Promise<void> {
+  const line = () => io.stdout.write(JSON.stringify(jobInfo(job, 'convert')) + '\n');
+  // The line for the start shows 0%; progress lines follow from 1% on.
+  let percent = 0;
+  for await (const e of job.events()) {
+    if (e.type === 'state' && (!quiet || e.state === 'concluded')) line();
+    if (e.type === 'progress' && !quiet && e.total > 0 && Math.floor((100 * e.done) / e.total) > percent) {
+      percent = Math.floor((100 * e.done) / e.total);
+      line();
+    }
+  }
+}
+
+/**
  * A target that is one of the files the sources read (their images, backing files, data files)
  * would be truncated or overwritten while being read. qemu-img opens its sources without
  * sharing write access, so its create fails to lock such a file; vdisk's read-only raw opens
  * share it, so the same file is refused here, with the lock failure's words.
  */
-async function refuseSourceAsTarget(sources: readonly BlockNode[], target: string): Promise<void> {
+export async function refuseSourceAsTarget(sources: readonly BlockNode[], target: string): Promise<void> {
   const t = await stat(target).catch(() => undefined);
   if (!t) return;
   const files: string[] = [];
@@ -208,6 +244,11 @@ async function createTarget(a: ConvertArgs, total: number): Promise<void> {
     if (a.backingFormat !== undefined) options.backing_fmt = a.backingFormat;
   }
   if (options.backing_file !== undefined && options.backing_fmt === undefined) throw new UsageError('Use of backing file requires explicit backing format');
+  if (a.compressed) {
+    // The opened node says for sure; refuse here already, before anything is created.
+    if (!COMPRESSING_FORMATS.has(a.outFormat)) throw new UsageError('Compression not supported for this file format');
+    if ((options.preallocation ?? 'off') !== 'off') throw new UsageError('Compression and preallocation not supported at the same time');
+  }
   delete options.size;
   try {
     await driver.create({ filename: a.target, size: Math.ceil(total / SECTOR) * SECTOR, options });

@@ -2,7 +2,11 @@ import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import { zeroBuffer } from '../core/zero-detect.js';
 import { native } from '../native/index.js';
-import { planCopy, type CopyRequest } from './copy-plan.js';
+import { clusterPlan } from './cluster-plan.js';
+import { prepareCompressed, type PreparedPart } from './compressed-copy.js';
+import { compressedTarget, type CompressedTarget } from './compressed-target.js';
+import { DEFAULT_MAX_ZERO, planCopy, type CopyRequest } from './copy-plan.js';
+import { SourceSpan } from './source-span.js';
 import { sparseRuns } from './sparse-runs.js';
 import { WriteOrder } from './write-order.js';
 
@@ -26,6 +30,11 @@ export interface CopyOptions {
   inFlight: number;
   /** Writes may complete in any order (-W); otherwise they are issued in target order. */
   outOfOrder: boolean;
+  /**
+   * Data goes to the target as compressed clusters (convert -c): whole clusters only, compressed
+   * by as many requests at once as are in flight, before their turn to be stored.
+   */
+  compressed?: boolean;
   /** Largest data request; default 2 MiB (qemu-img's), raised to the target's preferred transfer. */
   bufferSize?: number;
   /** Called before each request: waits while the job is paused, throws once it is cancelled. */
@@ -55,20 +64,49 @@ class CopyRun {
   private readonly granule: number;
   private readonly plan: AsyncIterator<CopyRequest>;
   private readonly order: WriteOrder | undefined;
+  private readonly span: SourceSpan;
+  /** The target's compressed writes, for convert -c. */
+  private readonly compressor: CompressedTarget | undefined;
+  private targetIsZero: boolean;
   private failure: unknown;
   /** Zero data for -S 0, shared by all workers (writes never change their buffer). */
   private zeros: Uint8Array | undefined;
 
   constructor(private readonly opts: CopyOptions) {
     this.target = opts.target;
+    this.targetIsZero = opts.targetIsZero;
     const limits = this.target.limits;
-    this.bufferSize = Math.min(MAX_BUFFER_SIZE, Math.max(opts.bufferSize ?? DEFAULT_BUFFER_SIZE, limits.optTransfer));
+    let bufferSize = Math.min(MAX_BUFFER_SIZE, Math.max(opts.bufferSize ?? DEFAULT_BUFFER_SIZE, limits.optTransfer));
     this.granule = Math.max(pow2floor(opts.sparseSize), limits.requestAlignment, 1);
-    this.plan = planCopy({ sources: opts.sources, maxData: this.bufferSize, targetBacking: opts.targetBacking })[Symbol.asyncIterator]();
+    this.span = new SourceSpan(opts.sources);
+    this.compressor = opts.compressed ? compressedTarget(this.target) : undefined;
+    const cs = this.compressor?.clusterSize;
+    if (opts.compressed && cs === undefined) throw new BlockError('ENOTSUP', 'Compression not supported for this file format', { op: 'copy' });
+    // Compressed data requests are whole clusters.
+    if (cs !== undefined) bufferSize = Math.max(cs, bufferSize - (bufferSize % cs));
+    this.bufferSize = bufferSize;
+    const plan = planCopy({ sources: opts.sources, maxData: bufferSize, targetBacking: opts.targetBacking });
+    if (cs === undefined) {
+      this.plan = plan[Symbol.asyncIterator]();
+    } else {
+      // With -S 0 zeros are compressed like data: zero requests no longer than a data buffer.
+      const maxZero = opts.sparseSize === 0 ? bufferSize : DEFAULT_MAX_ZERO;
+      this.plan = clusterPlan(plan, { span: this.span, clusterSize: cs, maxData: bufferSize, maxZero })[Symbol.asyncIterator]();
+    }
     this.order = opts.outOfOrder ? undefined : new WriteOrder();
   }
 
   async run(): Promise<void> {
+    // A compressed cluster can only be written where the target holds nothing: first zero what
+    // the copy will write (qemu-img 7.2 does not, and fails on a target that holds data).
+    if (this.compressor && !this.targetIsZero && !this.opts.targetBacking) {
+      try {
+        await this.makeZero();
+      } catch (err) {
+        this.fail(err);
+      }
+      this.targetIsZero = this.failure === undefined;
+    }
     await Promise.all(Array.from({ length: this.opts.inFlight }, () => this.worker()));
     // Every request has settled, so the target is as consistent as its driver keeps it; flush
     // what was written even when stopping early, then report the first error.
@@ -96,8 +134,18 @@ class CopyRun {
         if (req.kind === 'data') {
           buf ??= this.allocate();
           const data = buf.subarray(0, req.length);
-          await this.step('reading', req.offset, () => req.source.read(req.sourceOffset, data));
-          if (await this.turn(req)) await this.writeData(req.offset, data);
+          await this.step('reading', req.offset, () => this.span.read(req.offset, data));
+          if (this.compressor) {
+            const parts = await this.compress(req.offset, data);
+            if (await this.turn(req)) await this.commit(parts);
+          } else if (await this.turn(req)) {
+            await this.writeData(req.offset, data);
+          }
+        } else if (req.kind === 'zero' && this.compressor && this.opts.sparseSize === 0) {
+          // -S 0 allocates every cluster, and on a compressed target that means compressed zeros.
+          this.zeros ??= zeroBuffer(this.bufferSize);
+          const parts = await this.compress(req.offset, this.zeros.subarray(0, req.length));
+          if (await this.turn(req)) await this.commit(parts);
         } else if (await this.turn(req)) {
           if (req.kind === 'zero') await this.writeZeroRun(req.offset, req.length);
         }
@@ -125,6 +173,32 @@ class CopyRun {
     }
   }
 
+  private compress(offset: number, data: Uint8Array): Promise<PreparedPart[]> {
+    return this.step('writing', offset, () => prepareCompressed(this.compressor!, offset, data, this.opts.sparseSize > 0));
+  }
+
+  private async commit(parts: readonly PreparedPart[]): Promise<void> {
+    for (const part of parts) {
+      if (part.zero) await this.writeZeroRun(part.offset, part.length);
+      else await this.step('writing', part.offset, part.commit);
+    }
+  }
+
+  /**
+   * Zeroes (may unmap) what the target holds in the clusters a compressed copy writes: the
+   * copied range, to the end of its last cluster. Beyond, the target keeps what it holds.
+   */
+  private async makeZero(): Promise<void> {
+    const cs = this.compressor!.clusterSize;
+    const end = Math.min(this.target.size, Math.ceil(this.span.size / cs) * cs);
+    if (end === 0) return;
+    for await (const list of this.target.extentLists(0, end)) {
+      for (const e of list) {
+        if (!e.zero) await this.step('writing', e.offset, () => this.target.writeZeroes(e.offset, e.length, { mayUnmap: true }));
+      }
+    }
+  }
+
   /** A range the target must read as zeros: nothing, a cheap zero write, or (-S 0) zero data. */
   private async writeZeroRun(offset: number, length: number): Promise<void> {
     if (this.opts.sparseSize === 0) {
@@ -137,14 +211,14 @@ class CopyRun {
       }
       return;
     }
-    if (this.opts.targetIsZero) return;
+    if (this.targetIsZero) return;
     await this.step('writing', offset, () => this.target.writeZeroes(offset, length, { mayUnmap: true }));
   }
 
   /** Runs one I/O and names its failure as qemu-img does ("error while writing at byte N: …"). */
-  private async step(what: 'reading' | 'writing', offset: number, io: () => Promise<void>): Promise<void> {
+  private async step<T>(what: 'reading' | 'writing', offset: number, io: () => Promise<T>): Promise<T> {
     try {
-      await io();
+      return await io();
     } catch (err) {
       const e = err as BlockError;
       throw new BlockError(e.code ?? 'EIO', `error while ${what} at byte ${offset}: ${e.message}`, { op: what === 'reading' ? 'read' : 'write', offset }, { cause: err });

@@ -36,7 +36,7 @@ export interface PlanOptions {
   targetBacking?: { size: number };
 }
 
-const DEFAULT_MAX_ZERO = 1024 ** 3;
+export const DEFAULT_MAX_ZERO = 1024 ** 3;
 
 /**
  * Walks the sources' block status window by window (extentLists batches, never the whole image

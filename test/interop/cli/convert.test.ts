@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { stat } from 'node:fs/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { pattern } from '../../helpers/bytes.js';
+import { textBytes } from '../../helpers/text-bytes.js';
 import { vdisk } from '../../helpers/cli.js';
 import { haveTool, needTools, run, runOk } from '../../helpers/oracles.js';
 import { makeSparseFile, makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
@@ -30,6 +31,7 @@ interface Source {
 const TARGETS: { name: string; args: string[]; format: 'raw' | 'qcow2' }[] = [
   { name: 'raw', args: ['-O', 'raw'], format: 'raw' },
   { name: 'qcow2', args: ['-O', 'qcow2'], format: 'qcow2' },
+  { name: 'qcow2 -c', args: ['-O', 'qcow2', '-c'], format: 'qcow2' },
   { name: 'qcow2 with 2 MiB clusters', args: ['-O', 'qcow2', '-o', 'cluster_size=2M'], format: 'qcow2' },
 ];
 
@@ -53,12 +55,13 @@ describe('vdisk convert against qemu-img convert', () => {
     tmp = await makeTmpDir('vdisk-convert-');
     if (!haveTool('qemu-img') || !haveTool('qemu-io') || !haveTool('qemu-nbd')) return;
     // Sparse raw: data, a MiB of written zeros (allocated), a small unaligned piece, data with a
-    // zero 4 KiB block inside, and data at the very end.
+    // zero 4 KiB block inside, text (which compresses, for -c), and data at the very end.
     const data = pattern(256 * KiB, 3);
     data.fill(0, 64 * KiB, 68 * KiB);
     await makeSparseFile(tmp.path('sparse.raw'), SIZE, [
       { offset: 0, data: pattern(MiB, 1) }, { offset: 4 * MiB, data: new Uint8Array(MiB) },
-      { offset: 10 * MiB + 512, data: pattern(3000, 2) }, { offset: 20 * MiB, data }, { offset: SIZE - MiB, data: pattern(MiB, 4) },
+      { offset: 10 * MiB + 512, data: pattern(3000, 2) }, { offset: 20 * MiB, data }, { offset: 30 * MiB + 4096, data: textBytes(2 * MiB, 5) },
+      { offset: SIZE - MiB, data: pattern(MiB, 4) },
     ]);
     // qcow2: data clusters (one of them all zeros), zero clusters, an unaligned write.
     await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', tmp.path('plain.qcow2'), String(SIZE)]);
@@ -103,6 +106,17 @@ describe('vdisk convert against qemu-img convert', () => {
     if (format === 'qcow2') {
       const check = await run('qemu-img', ['check', '-f', 'qcow2', ours]);
       assert.equal(check.code, 0, `${name}: qemu-img check: ${check.stdout}${check.stderr}`);
+    }
+    if (args.includes('-c')) {
+      // The same clusters are compressed (QEMU's rule: whatever fits in a cluster less a byte),
+      // and the same ones allocated.
+      const counts = async (file: string) => {
+        const c = JSON.parse(await runOk('qemu-img', ['check', '--output=json', file])) as Record<string, number>;
+        return { allocated: c['allocated-clusters'] ?? 0, compressed: c['compressed-clusters'] ?? 0 };
+      };
+      const [mine, qemus] = [await counts(ours), await counts(theirs)];
+      assert.deepEqual(mine, qemus, `${name}: compressed clusters`);
+      assert.ok(mine.compressed > 0 || mine.allocated === 0, `${name}: some clusters are compressed`);
     }
   }
 
@@ -176,6 +190,19 @@ describe('vdisk convert against qemu-img convert', () => {
       t.diagnostic(`nbd target ${zeroFlag.join(' ')}: vdisk ${used} clusters, qemu-img ${qemuUsed}`);
       assert.ok(used <= qemuUsed, `vdisk's target allocates ${used} clusters, qemu-img's ${qemuUsed}`);
     }
+  });
+
+  it('-c with zstd, with 2 MiB clusters, with -S 0 and -W; qemu-img\'s zstd clusters read back', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
+    const raw = sources[0]!;
+    for (const [i, args] of [['-o', 'compression_type=zstd'], ['-o', 'cluster_size=2M'], ['-S', '0'], ['-W', '-m', '16']].entries()) {
+      await convertBoth(t, `c${i}.qcow2`, raw, ['-O', 'qcow2', '-c', ...args], 'qcow2');
+    }
+    // An image QEMU compressed with zstd, read by vdisk.
+    await runOk('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', tmp.path('sparse.raw'), tmp.path('zstd.qcow2')]);
+    const zstd = { name: 'zstd', input: () => tmp.path('zstd.qcow2'), format: 'qcow2', reference: tmp.path('sparse.raw'), referenceFormat: 'raw' };
+    await convertBoth(t, 'from-zstd.raw', zstd, ['-O', 'raw'], 'raw');
+    await convertBoth(t, 'from-zstd.qcow2', zstd, ['-O', 'qcow2', '-c'], 'qcow2');
   });
 
   it('-B makes an overlay that holds only what the source adds to its backing file', async (t) => {

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { readFile, symlink, writeFile } from 'node:fs/promises';
+import { readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { vdisk } from '../../helpers/cli.js';
 import { assertBytesEqual, pattern } from '../../helpers/bytes.js';
+import { textBytes } from '../../helpers/text-bytes.js';
 import { makeSparseFile, makeTmpDir } from '../../helpers/tmp.js';
 
 const MiB = 1024 * 1024;
@@ -30,6 +31,9 @@ test('convert refuses bad options with qemu-img convert\'s one-line messages, be
     [['-O', 'qcow2', '-B', src, '-F', 'raw', src, src, dst], 'Having a backing file for the target makes no sense when concatenating multiple input images'],
     [['-O', 'qcow2', '-o', 'cluster_size=3k', src, dst], `${dst}: error while converting qcow2: `],
     [['-n', src, tmp.path('missing.img')], `Could not open '${tmp.path('missing.img')}'`],
+    [['-c', src, dst], 'Compression not supported for this file format'],
+    [['-c', '-O', 'qcow2', '-o', 'preallocation=metadata', src, dst], 'Compression and preallocation not supported at the same time'],
+    [['--output=yaml', src, dst], '--output must be used with human or json as argument.'],
   ];
   for (const [args, message] of cases) {
     const r = await vdisk(['convert', ...args]);
@@ -103,4 +107,47 @@ test('several sources are concatenated into one target', async (t) => {
   assert.equal(r.code, 0, r.stderr);
   assert.equal((await vdisk(['convert', '-f', 'qcow2', tmp.path('all.qcow2'), tmp.path('all.raw')])).code, 0);
   assertBytesEqual(await readFile(tmp.path('all.raw')), Buffer.concat(parts), 'concatenation');
+});
+
+test('-c writes compressed clusters; several sources may end inside a cluster', async (t) => {
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  const parts = [textBytes(100 * 1024 + 512, 1), textBytes(3 * MiB, 2), pattern(64 * 1024, 3)];
+  for (const [i, p] of parts.entries()) await writeFile(tmp.path(`p${i}.raw`), p);
+  const r = await vdisk(['convert', '-c', '-O', 'qcow2', ...parts.map((_, i) => tmp.path(`p${i}.raw`)), tmp.path('c.qcow2')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await vdisk(['convert', '-f', 'qcow2', tmp.path('c.qcow2'), tmp.path('c.raw')])).code, 0);
+  assertBytesEqual(await readFile(tmp.path('c.raw')), Buffer.concat(parts), 'concatenation');
+  assert.ok((await stat(tmp.path('c.qcow2'))).size < Buffer.concat(parts).byteLength / 2, 'text compresses');
+  // -n into an image that cannot take compressed clusters.
+  assert.equal((await vdisk(['create', '-q', '-f', 'raw', tmp.path('n.raw'), '4M'])).code, 0);
+  assert.deepEqual(await vdisk(['convert', '-n', '-c', tmp.path('p0.raw'), tmp.path('n.raw')]),
+    { code: 1, stdout: '', stderr: 'vdisk convert: Compression not supported for this file format\n' });
+});
+
+test('--output=json prints the job as QMP\'s query-jobs shows it: running, whole percents, concluded (with the error if it failed)', async (t) => {
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  await writeFile(tmp.path('src.raw'), textBytes(8 * MiB, 4));
+  const lines = (out: string) => out.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const r = await vdisk(['convert', '--output=json', '-p', '-O', 'qcow2', tmp.path('src.raw'), tmp.path('j.qcow2')]);
+  assert.equal(r.code, 0, r.stderr);
+  const all = lines(r.stdout);
+  assert.deepEqual(all[0], { id: all[0]!.id, type: 'convert', status: 'running', 'current-progress': 0, 'total-progress': 8 * MiB });
+  assert.deepEqual(all[all.length - 1], { id: all[0]!.id, type: 'convert', status: 'concluded', 'current-progress': 8 * MiB, 'total-progress': 8 * MiB });
+  const progress = all.map((l) => l['current-progress'] as number);
+  assert.deepEqual(progress, [...progress].sort((a, b) => a - b), 'progress only grows');
+  assert.ok(all.length > 3 && all.length <= 102, `${all.length} lines`);
+  // -q: only the last line.
+  const q = await vdisk(['convert', '-q', '--output=json', tmp.path('src.raw'), tmp.path('q.raw')]);
+  assert.equal(q.code, 0);
+  assert.deepEqual(lines(q.stdout).map((l) => l.status), ['concluded']);
+  // A job that fails: compressed clusters cannot go to an image with an external data file.
+  assert.equal((await vdisk(['create', '-q', '-f', 'qcow2', '-o', `data_file=${tmp.path('d.data')}`, tmp.path('d.qcow2'), '8M'])).code, 0);
+  const f = await vdisk(['convert', '-n', '-c', '--output=json', '-O', 'qcow2', tmp.path('src.raw'), tmp.path('d.qcow2')]);
+  assert.equal(f.code, 1);
+  const last = lines(f.stdout).pop()!;
+  assert.equal(last.status, 'concluded');
+  assert.match(last.error as string, /^error while writing at byte 0: qcow2: compressed writes are not supported with an external data file$/);
+  assert.equal(f.stderr, `vdisk convert: ${last.error as string}\n`);
 });
