@@ -8,11 +8,14 @@ import { queuedIo, queuedRead, queuedWrite } from './io-queue.js';
  * until done (or EOF for reads).
  */
 
-/** Reads into `buf` from `position` until it is full or the file ends; returns the bytes read. */
-export const preadFull: (fd: number, buf: Uint8Array, position: number) => Promise<number> = queuedIo ? queuedRead : fsReadFull;
+/**
+ * Reads into `buf` from `position` until it is full or the file ends; returns the bytes read.
+ * `direct`: `fd` is O_DIRECT (the queue then never tries the read on the event loop's thread).
+ */
+export const preadFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean) => Promise<number> = queuedIo ? queuedRead : fsReadFull;
 
-/** Writes all of `buf` at `position`. */
-export const pwriteFull: (fd: number, buf: Uint8Array, position: number) => Promise<void> = queuedIo ? queuedWrite : fsWriteFull;
+/** Writes all of `buf` at `position`. `direct`: `fd` is O_DIRECT (such writes may run in parallel). */
+export const pwriteFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean) => Promise<void> = queuedIo ? queuedWrite : fsWriteFull;
 
 function fsReadFull(fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {

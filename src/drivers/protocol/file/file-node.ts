@@ -203,7 +203,7 @@ export class FileNode extends BlockNode {
     const buf = fh === this.fh ? this.ioBuffer(into) : into;
     let done = 0;
     try {
-      done = await preadFull(fh.fd, buf, offset);
+      done = await preadFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0);
     } catch (err) {
       throw fromSystemError(err, this.ctx('read', offset, into.byteLength));
     }
@@ -219,7 +219,7 @@ export class FileNode extends BlockNode {
     const fh = handle instanceof Promise ? await handle : handle;
     const buf = fh === this.fh ? this.ioBuffer(data, true) : data;
     try {
-      await pwriteFull(fh.fd, buf, offset);
+      await pwriteFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0);
       await this.evict?.afterWrite(offset, data.byteLength);
       if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await fh.datasync();
     } catch (err) {
