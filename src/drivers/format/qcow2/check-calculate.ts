@@ -140,6 +140,9 @@ class ReferenceWalk {
   private async walkL2(l2Offset: number, times: number, active: boolean): Promise<void> {
     const { ctx } = this;
     const { res, cs } = ctx;
+    // A table past the end of the file reads as zeros: nothing in it to count or repair (the L1
+    // walk reported it). A damaged L1 can name thousands of them.
+    if (l2Offset >= ctx.t.file.size) return;
     const table = await ctx.readL2(l2Offset);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const view: EntryView = { dv, extendedL2: this.extended, hasDataFile: this.dataFile, clusterBits: ctx.t.header.clusterBits };

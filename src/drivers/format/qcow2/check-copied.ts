@@ -40,10 +40,14 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
     }
 
     let found = findings.get(l2);
-    const table = await ctx.readL2(l2);
-    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    // Read only where the table's findings are worked out (also the only time it is repaired);
+    // a table past the end of the file reads as zeros, so it has none.
+    let table: Uint8Array = new Uint8Array(0);
+    if (!found && l2 >= t.file.size) findings.set(l2, (found = []));
     if (!found) {
+      table = await ctx.readL2(l2);
       found = [];
+      const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
       for (let i = 0; i < cs / entrySize; i++) {
         // Halves as numbers (see walkL2): the BigInt only for a message.
         const hi = dv.getUint32(i * entrySize);
@@ -73,6 +77,7 @@ export async function checkCopied(ctx: CheckContext, guard: RepairGuard, stored:
       for (const w of wrong) await t.setCopied('l2', l2, w.index, w.copied);
     } else {
       // A misaligned table, or one cut short by the end of the file: written where it is, as QEMU does.
+      const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
       for (const w of wrong) {
         const at = w.index * entrySize;
         dv.setBigUint64(at, w.copied ? dv.getBigUint64(at) | OFLAG_COPIED : dv.getBigUint64(at) & ~OFLAG_COPIED);
