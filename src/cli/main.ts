@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   compare: { summary: 'compare the contents of two images (qemu-img compare)', load: async () => (await import('./compare.js')).compare },
   convert: { summary: 'copy images into a new or existing image (qemu-img convert)', load: async () => (await import('./convert.js')).convert },
   create: { summary: 'create a new image (qemu-img create)', load: async () => (await import('./create.js')).create },
+  dd: { summary: 'copy part of an image into a new image (qemu-img dd)', load: async () => (await import('./dd.js')).dd },
   info: { summary: 'show facts about an image (qemu-img info)', load: async () => (await import('./info.js')).info },
   io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },
   map: { summary: 'show where the image data lives (qemu-img map)', load: async () => (await import('./map.js')).map },
