@@ -15,6 +15,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   io: { summary: 'run qemu-io commands on an image (qemu-io)', load: async () => (await import('./io/index.js')).io },
   map: { summary: 'show where the image data lives (qemu-img map)', load: async () => (await import('./map.js')).map },
   measure: { summary: 'show the size a new image would need (qemu-img measure)', load: async () => (await import('./measure.js')).measure },
+  rebase: { summary: 'change the backing file of an image (qemu-img rebase)', load: async () => (await import('./rebase.js')).rebase },
   resize: { summary: 'change the virtual size of an image (qemu-img resize)', load: async () => (await import('./resize.js')).resize },
   serve: { summary: 'export images over NBD (qemu-nbd)', load: async () => (await import('./serve.js')).serve },
 };

@@ -1,6 +1,7 @@
 import zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import { BlockError } from '../../../core/errors.js';
+import { ZstdPool } from './zstd-pool.js';
 
 /**
  * qcow2 compressed clusters (spec §6): one cluster in, one cluster out. The qcow2 driver finds
@@ -135,10 +136,11 @@ function loadZstd(): Promise<ZstdModule> {
 /** QEMU's level: ZSTD_compressStream2 with default parameters. */
 const ZSTD_LEVEL = 3;
 
-async function zstdCompressCluster(data: Uint8Array): Promise<Uint8Array | null> {
-  const zstd = await loadZstd();
-  // One frame with its content size in the header, as QEMU writes it.
-  return zstd.compress(data, ZSTD_LEVEL);
+let zstdPool: ZstdPool | undefined;
+
+/** One frame with its content size in the header, as QEMU writes it; on worker threads, so clusters compress in parallel. */
+function zstdCompressCluster(data: Uint8Array): Promise<Uint8Array | null> {
+  return (zstdPool ??= new ZstdPool()).compress(data, ZSTD_LEVEL);
 }
 
 /**
