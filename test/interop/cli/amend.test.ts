@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { copyFile, readFile } from 'node:fs/promises';
+import { copyFile, open as openFile, readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { vdisk } from '../../helpers/cli.js';
 import { haveTool, needTools, run, runOk } from '../../helpers/oracles.js';
@@ -88,6 +88,34 @@ describe('vdisk amend against qemu-img amend', () => {
     if (!needTools(t, 'qemu-img', 'qemu-io')) return;
     const r = await amendBoth('overlay.qcow2', ['-o', 'compat=0.10']);
     for (const file of [r.vdiskFile, r.qemuFile]) await runOk('qemu-img', ['snapshot', '-a', 'first', file]);
+    await assertSameContent(r.vdiskFile, r.qemuFile);
+    await assertChecks(r.vdiskFile);
+  });
+
+  it('compat=1.1 gives v2 snapshot entries without extra data the disk size v3 needs', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io')) return;
+    // QEMU writes extra data into v2 entries too; older writers did not. Strip it from the entry.
+    const file = p('bare-v2.qcow2');
+    await copyFile(p('v2.qcow2'), file);
+    const fh = await openFile(file, 'r+');
+    try {
+      const header = Buffer.alloc(72);
+      await fh.read(header, 0, 72, 0);
+      assert.equal(header.readUInt32BE(60), 1, 'one snapshot');
+      const at = Number(header.readBigUInt64BE(64));
+      const entry = Buffer.alloc(1024);
+      await fh.read(entry, 0, entry.length, at);
+      const [idSize, nameSize, extra] = [entry.readUInt16BE(12), entry.readUInt16BE(14), entry.readUInt32BE(36)];
+      const stripped = Buffer.concat([entry.subarray(0, 36), Buffer.alloc(4), entry.subarray(40 + extra, 40 + extra + idSize + nameSize)]);
+      await fh.write(Buffer.concat([stripped, Buffer.alloc(extra)]), 0, stripped.length + extra, at);
+    } finally {
+      await fh.close();
+    }
+    const r = await amendBoth('bare-v2.qcow2', ['-o', 'compat=1.1']);
+    assert.equal(r.ours.code, 0);
+    const list = async (f: string) => (await runOk('qemu-img', ['snapshot', '-l', f])).split('\n').slice(1).join('\n');
+    assert.equal(await list(r.vdiskFile), await list(r.qemuFile), 'qemu-img snapshot -l');
+    for (const f of [r.vdiskFile, r.qemuFile]) await runOk('qemu-img', ['snapshot', '-a', 'old', f]);
     await assertSameContent(r.vdiskFile, r.qemuFile);
     await assertChecks(r.vdiskFile);
   });
