@@ -7,6 +7,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   amend: { summary: 'change format options of an image (qemu-img amend)', load: async () => (await import('./amend.js')).amend },
   bench: { summary: 'run a simple image benchmark (qemu-img bench)', load: async () => (await import('./bench.js')).bench },
   check: { summary: 'check an image for consistency (qemu-img check)', load: async () => (await import('./check.js')).check },
+  commit: { summary: 'write an image\'s data into its backing file (qemu-img commit)', load: async () => (await import('./commit.js')).commit },
   compare: { summary: 'compare the contents of two images (qemu-img compare)', load: async () => (await import('./compare.js')).compare },
   convert: { summary: 'copy images into a new or existing image (qemu-img convert)', load: async () => (await import('./convert.js')).convert },
   create: { summary: 'create a new image (qemu-img create)', load: async () => (await import('./create.js')).create },

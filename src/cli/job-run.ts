@@ -1,0 +1,52 @@
+import { jobInfo } from '../jobs/job-info.js';
+import type { Job } from '../jobs/job.js';
+import type { CliIo } from './context.js';
+
+export interface JobReport {
+  /** QMP's job type for --output=json (commit, stream …). */
+  type: string;
+  output: 'human' | 'json';
+  quiet: boolean;
+  /** Human progress, 0–100, as the job moves (the -p renderer); absent without -p. */
+  progress?: ((percent: number) => void) | undefined;
+}
+
+/**
+ * Runs a job in the foreground of a command: its progress rendered as asked, and Ctrl-C (or
+ * SIGTERM) cancelling it between requests, so that every image it writes is left consistent
+ * and closed by the caller rather than killed mid-request.
+ */
+export async function runCliJob<T>(job: Job<T>, io: CliIo, report: JobReport): Promise<T> {
+  const reporting = report.output === 'json' ? reportJson(job, io, report) : reportHuman(job, report.progress);
+  const interrupt = (signal: NodeJS.Signals) => job.cancel(new Error(`interrupted by ${signal}`));
+  process.once('SIGINT', interrupt).once('SIGTERM', interrupt);
+  try {
+    return await job.start();
+  } finally {
+    process.off('SIGINT', interrupt).off('SIGTERM', interrupt);
+    // The job has concluded, so its events have ended: the last line is out before we return.
+    await reporting;
+  }
+}
+
+async function reportHuman(job: Job<unknown>, progress: JobReport['progress']): Promise<void> {
+  if (!progress) return;
+  for await (const e of job.events()) if (e.type === 'progress' && e.total > 0) progress((100 * e.done) / e.total);
+}
+
+/**
+ * --output=json: the job as QMP's query-jobs shows it, one line when it starts running, one
+ * whenever another whole percent is done (not with -q), and one when it concludes, with the
+ * error if it failed.
+ */
+async function reportJson(job: Job<unknown>, io: CliIo, report: JobReport): Promise<void> {
+  const line = () => io.stdout.write(JSON.stringify(jobInfo(job, report.type)) + '\n');
+  let percent = 0;
+  for await (const e of job.events()) {
+    if (e.type === 'state' && (!report.quiet || e.state === 'concluded')) line();
+    if (e.type === 'progress' && !report.quiet && e.total > 0 && Math.floor((100 * e.done) / e.total) > percent) {
+      percent = Math.floor((100 * e.done) / e.total);
+      line();
+    }
+  }
+}

@@ -1,0 +1,41 @@
+import type { BlockNode } from '../core/block-node.js';
+import { FilterNode } from '../core/filter-node.js';
+import type { Extent, IoOptions } from '../core/types.js';
+import type { RateLimit } from './rate-limit.js';
+
+/**
+ * An image as a commit reads it: the top `layers` images of its chain (the top and the backing
+ * files above the base) are what the copy engine must copy, the rest is the base's business.
+ * Block status shows a range some of those layers allocate (data or an explicit zero) as the
+ * image's own (depth 0), and everything else as left to the backing file (depth 1), which is
+ * how the engine tells what to copy into a target that has a backing file (convert -B).
+ * Reads pass through, paced by the rate limit.
+ */
+export class AboveBaseView extends FilterNode {
+  readonly driver = 'above-base';
+
+  constructor(child: BlockNode, private readonly layers: number, private readonly rate?: RateLimit) {
+    super(child, { readOnly: true });
+  }
+
+  protected override async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
+    await this.rate?.take(into.byteLength, opts.signal);
+    await this.child.read(offset, into, opts);
+  }
+
+  protected override async _blockStatusList(offset: number, maxLength: number, opts: IoOptions): Promise<Extent[]> {
+    const list = await this.child.blockStatusList(offset, maxLength, opts);
+    const out: Extent[] = [];
+    for (const e of list) {
+      const mine = e.present && e.depth < this.layers;
+      const last = out[out.length - 1];
+      const view: Extent = mine
+        ? { offset: e.offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 }
+        : { offset: e.offset, length: e.length, data: false, zero: false, present: false, depth: 1 };
+      // Neighbours alike after the relabelling are one run (fewer, larger copy requests).
+      if (last && last.depth === view.depth && last.data === view.data && last.zero === view.zero) last.length += e.length;
+      else out.push(view);
+    }
+    return out;
+  }
+}
