@@ -1,9 +1,10 @@
 import type { BlockNode } from '../../../core/block-node.js';
 import type { BlockError } from '../../../core/errors.js';
+import { AllocSpace, type ZeroParts } from './alloc-space.js';
 import { OFLAG_COPIED } from './constants.js';
 import type { Qcow2Geometry } from './geometry.js';
 import type { L2Editor } from './l2-editor.js';
-import { decode, Sub } from './l2-entry.js';
+import { decode, Sub, type Decoded, type EntryView } from './l2-entry.js';
 import type { Qcow2Mapping } from './mapping.js';
 import type { MetadataLock } from './metadata-lock.js';
 import type { MetadataWriteback } from './metadata-writeback.js';
@@ -15,6 +16,8 @@ import type { RefcountLoader } from './refcounts.js';
  * clusters (copy-on-write), with the L2 entries pointing at them changed afterwards.
  */
 export class DataWriter {
+  private readonly allocSpace: AllocSpace;
+
   constructor(private readonly parts: {
     g: Qcow2Geometry;
     file: BlockNode;
@@ -27,10 +30,16 @@ export class DataWriter {
     refcounts: RefcountLoader;
     /** The guest's current bytes (the node's read path), for copy-on-write. */
     readGuest: (offset: number, into: Uint8Array) => Promise<void>;
+    /** What unallocated clusters read from (undefined: zeros). */
+    backing: BlockNode | undefined;
+    /** Zero the untouched parts of new clusters with allocate zero writes where cheap (see AllocSpace). */
+    allocSpace: boolean;
     /** The virtual disk's size now (resize changes it). */
     size: () => number;
     corruption: (what: string) => BlockError;
-  }) {}
+  }) {
+    this.allocSpace = new AllocSpace({ dataFile: parts.dataFile, backing: parts.backing, enabled: parts.allocSpace });
+  }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     const { mapping, lock, writeback, g } = this.parts;
@@ -46,27 +55,35 @@ export class DataWriter {
       start += run.length;
     }
     if (start === data.byteLength) return;
-    await lock.run(async () => {
-      const cs = g.clusterSize;
-      for (let done = start; done < data.byteLength;) {
-        const pos = offset + done;
-        const run = await mapping.mapRun(pos, data.byteLength - done);
-        if (run.sub === Sub.Normal && run.copied) {
-          await this.inPlace(run.host, data.subarray(done, done + run.length));
-          done += run.length;
-          continue;
+    // Writes into clusters that are ours by the time the lock is held (allocated meanwhile, or
+    // just now and zeroed) are started under the lock and awaited after it: their data needs
+    // no metadata change, and the next allocating writer need not wait for it.
+    const deferred: Promise<void>[] = [];
+    try {
+      await lock.run(async () => {
+        const cs = g.clusterSize;
+        for (let done = start; done < data.byteLength;) {
+          const pos = offset + done;
+          const run = await mapping.mapRun(pos, data.byteLength - done);
+          if (run.sub === Sub.Normal && run.copied) {
+            deferred.push(this.inPlace(run.host, data.subarray(done, done + run.length)));
+            done += run.length;
+            continue;
+          }
+          const whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
+          if (pos % cs === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
+            done += await this.writeNewClusters(pos, data.subarray(done, done + whole * cs));
+            continue;
+          }
+          const n = Math.min(data.byteLength - done, cs - (pos % cs));
+          await this.writeCluster(pos, data.subarray(done, done + n), deferred);
+          done += n;
         }
-        const whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
-        if (pos % cs === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
-          done += await this.writeNewClusters(pos, data.subarray(done, done + whole * cs));
-          continue;
-        }
-        const n = Math.min(data.byteLength - done, cs - (pos % cs));
-        await this.writeCluster(pos, data.subarray(done, done + n));
-        done += n;
-      }
-      await writeback.relieveCachePressure();
-    });
+        await writeback.relieveCachePressure();
+      });
+    } finally {
+      await settleAll(deferred);
+    }
   }
 
   /** A write into a cluster that is ours alone: no metadata changes, no lock. */
@@ -82,8 +99,10 @@ export class DataWriter {
    * Writes into one cluster that is not ours to overwrite: unallocated, zero, compressed or
    * shared. The new host cluster gets the guest data merged with what the cluster read before
    * (copy-on-write), in one write; then the L2 entry points at it; the old one is freed at flush.
+   * Where what the cluster read before is zeros, the host cluster is zeroed cheaply instead
+   * (writeZeroed) if the storage can.
    */
-  private async writeCluster(pos: number, data: Uint8Array): Promise<void> {
+  private async writeCluster(pos: number, data: Uint8Array, deferred: Promise<void>[]): Promise<void> {
     const { g, editor, guard, dataFile, writeback } = this.parts;
     const cs = g.clusterSize;
     const guestBase = pos - (pos % cs);
@@ -96,10 +115,8 @@ export class DataWriter {
     const ss = g.subclusterSize;
     const from = partialCluster ? Math.floor(inCluster / ss) * ss : 0;
     const to = partialCluster ? Math.min(Math.ceil((inCluster + data.byteLength) / ss) * ss, cs) : cs;
-    const buf = new Uint8Array(to - from);
-    const valid = Math.max(0, Math.min(to, this.parts.size() - guestBase) - from);
-    if (inCluster > from || inCluster + data.byteLength < from + valid) await this.parts.readGuest(guestBase + from, buf.subarray(0, valid));
-    buf.set(data, inCluster - from);
+
+    const zero = !extended && data.byteLength < cs ? await this.zeroCow(old, guestBase, inCluster, inCluster + data.byteLength) : undefined;
 
     const hosted = old.hostCluster !== 0 || (g.hasDataFile && old.copied);
     const reuse = hosted && old.copied && old.sub !== Sub.Compressed && (extended || old.sub === Sub.ZeroAlloc);
@@ -108,7 +125,13 @@ export class DataWriter {
     if (reuse) host = old.hostCluster;
     else if (g.hasDataFile) host = guestBase;
     else host = await (await this.parts.refcounts.get()).allocate(1);
-    await guard.check(host + from, buf.byteLength);
+    await guard.check(host + from, to - from);
+    if (zero && (await this.writeZeroed(zero, inCluster, data, old, host, reuse, view, entry, deferred))) return;
+
+    const buf = new Uint8Array(to - from);
+    const valid = Math.max(0, Math.min(to, this.parts.size() - guestBase) - from);
+    if (inCluster > from || inCluster + data.byteLength < from + valid) await this.parts.readGuest(guestBase + from, buf.subarray(0, valid));
+    buf.set(data, inCluster - from);
     await dataFile.write(host + from, buf);
     writeback.dataChanged();
     if (!reuse) editor.freeOld(old, view, entry);
@@ -123,6 +146,51 @@ export class DataWriter {
       if (!partialCluster) bitmap = 0xffffffffn;
       dv.setBigUint64(entry * 16 + 8, bitmap);
     }
+  }
+
+  /**
+   * QEMU's is_zero_cow: for a partial write into a cluster that is not ours, which parts read
+   * as zeros before it, when at least the parts the write leaves untouched do (a zero cluster,
+   * or unallocated with no backing data under them); undefined otherwise.
+   */
+  private async zeroCow(old: Decoded, guestBase: number, from: number, to: number): Promise<ZeroParts | undefined> {
+    if (!this.allocSpace.active) return undefined;
+    if (old.sub === Sub.ZeroPlain || old.sub === Sub.ZeroAlloc) return { head: true, middle: true, tail: true };
+    if (old.sub !== Sub.UnallocatedPlain) return undefined;
+    const zero = await this.allocSpace.zeroParts(guestBase, this.parts.g.clusterSize, from, to);
+    return zero.head && zero.tail ? zero : undefined;
+  }
+
+  /**
+   * The write into a cluster whose untouched parts read as zeros (see zeroCow): the host
+   * cluster is zeroed with a cheap allocate zero write and only the guest's bytes are written.
+   * False when the storage cannot zero cheaply; the caller then copies-on-write as ever.
+   *
+   * Crash order holds as for any data: the zeroing is flushed before the L2 entry can reach
+   * the disk (dataChanged). When the written range read as zeros too, the entry points at the
+   * zeroed cluster at once, before the guest's bytes land: until they do, the cluster reads
+   * exactly as before the write, so other writes to the cluster go ahead in place without
+   * waiting for this one, and an entry flushed meanwhile is just as correct. The data write is
+   * tracked as an in-place write, so a flush cannot free the cluster under it.
+   */
+  private async writeZeroed(zero: ZeroParts, inCluster: number, data: Uint8Array, old: Decoded, host: number, reuse: boolean,
+    view: EntryView, entry: number, deferred: Promise<void>[]): Promise<boolean> {
+    const { g, editor, dataFile, writeback } = this.parts;
+    // An external data file may not reach this far; growing it is the guest write's business.
+    if (g.hasDataFile && host + g.clusterSize > dataFile.size) return false;
+    if (!(await this.allocSpace.zero(host, g.clusterSize))) return false;
+    writeback.dataChanged();
+    if (!reuse) editor.freeOld(old, view, entry);
+    const point = () => view.dv.setBigUint64(entry * g.entryBytes, BigInt(host) | OFLAG_COPIED);
+    if (zero.middle) {
+      point();
+      deferred.push(writeback.inPlace(dataFile.write(host + inCluster, data)));
+    } else {
+      // Backing data under the written range only: pointing at zeros early would show zeros there.
+      await dataFile.write(host + inCluster, data);
+      point();
+    }
+    return true;
   }
 
   /**
@@ -158,4 +226,11 @@ export class DataWriter {
       throw this.parts.corruption(`a cluster at host offset 0x${host.toString(16)} lies past the end of the file (0x${fileEnd.toString(16)})`);
     }
   }
+}
+
+/** Waits for every promise; rethrows the first failure once all have settled (none is left unobserved). */
+async function settleAll(promises: Promise<void>[]): Promise<void> {
+  if (promises.length === 0) return;
+  const results = await Promise.allSettled(promises);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

@@ -136,7 +136,7 @@ async function repairDirty(node: Qcow2Node): Promise<void> {
 export const qcow2Driver: DriverDef = {
   name: 'qcow2',
   kind: 'format',
-  options: ['file', 'backing', 'data-file', 'snapshot', 'check', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts'],
+  options: ['file', 'backing', 'data-file', 'snapshot', 'check', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts', 'alloc-space'],
   probe: (head) => (isQcow2(head) ? 100 : 0),
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createQcow2,
@@ -163,6 +163,7 @@ export const qcow2Driver: DriverDef = {
         readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly,
         ...cacheOptions(spec),
         lazyRefcounts: boolOption(spec, 'lazy-refcounts'),
+        allocSpace: boolOption(spec, 'alloc-space'),
       });
       // Lazy refcounts left dirty by a crash: repair them before anything is written, as QEMU does.
       if (!node.readOnly && node.dirty && !checking) await repairDirty(node);

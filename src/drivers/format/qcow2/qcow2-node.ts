@@ -48,6 +48,8 @@ export interface Qcow2Internals {
 export interface Qcow2Options extends NodeOptions, CacheOptions {
   /** QEMU's lazy-refcounts option; by default what the header's compatible bit says. */
   lazyRefcounts?: boolean | undefined;
+  /** Zero the untouched parts of new clusters cheaply where the storage can (default on; see AllocSpace). */
+  allocSpace?: boolean | undefined;
 }
 
 export interface Qcow2Parts {
@@ -135,7 +137,7 @@ export class Qcow2Node extends BlockNode {
     const lock = this.lock;
     this.dataWriter = new DataWriter({
       g, file, dataFile: this.dataFile, mapping, editor, lock, writeback, guard, refcounts,
-      readGuest: (offset, into) => this._read(offset, into, {}), size, corruption,
+      readGuest: (offset, into) => this._read(offset, into, {}), backing: parts.backing, allocSpace: opts.allocSpace ?? true, size, corruption,
     });
     this.zeroWriter = new ZeroWriter({
       g, header: h, dataFile: this.dataFile, hasBacking: parts.backing !== undefined, mapping, editor, lock, writeback, size,
