@@ -1,12 +1,22 @@
 import type { BlockNode } from '../core/block-node.js';
+import { BlockError } from '../core/errors.js';
 import { nativeStatus } from '../native/index.js';
-import { parseArgs } from './args.js';
+import { registry } from '../registry/index.js';
+import { combinePath } from '../registry/registry.js';
+import { hasFlag, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
-import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
+import { withDeadline } from './deadline.js';
+import { UsageError } from './errors.js';
+import { IMAGE_OPTIONS, onePositional, openImage, outputFormat, storageTimeouts, TIMEOUT_HELP } from './open-image.js';
+import { openWithoutBacking } from './open-probe.js';
 import { qemuJson, sizeToStr } from '../core/qemu-format.js';
 
-const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [--backing-chain] [-U] [-t CACHE] [--image-opts] IMAGE
-Shows an image's format, sizes and format-specific facts, as qemu-img info does.`;
+const HELP = `usage: vdisk info [-f FMT] [--output=human|json] [--backing-chain | --probe] [-U] [-t CACHE] [--image-opts]
+       [--timeout SECONDS] IMAGE
+Shows an image's format, sizes and format-specific facts, as qemu-img info does.
+  --probe     read as little as possible: the format's header, without opening the backing
+              chain (the backing file is named, not looked at)
+${TIMEOUT_HELP}`;
 
 /** The fields of qemu-img info --output=json; formats add theirs (cluster-size, snapshots, …). */
 export interface ImageInfo {
@@ -80,21 +90,39 @@ export function humanInfo(info: ImageInfo, snapshotLines: string[] = []): string
   return lines.join('\n');
 }
 
+/**
+ * The backing file's path as QEMU's bdrv_get_full_backing_filename gives it without opening it:
+ * relative to the image's directory, unless it names its own place (a URI or a json: spec).
+ */
+function unopenedBackingPath(info: ImageInfo): ImageInfo {
+  const backing = info['backing-filename'];
+  if (backing === undefined || info['full-backing-filename'] !== undefined || backing.startsWith('json:')) return info;
+  return { ...info, 'full-backing-filename': registry.protocolFor(backing) ? backing : combinePath(info.filename, backing) };
+}
+
 export async function info(argv: string[], io: CliIo): Promise<number> {
-  const p = parseArgs(argv, [...IMAGE_OPTIONS, { long: 'output', value: true }, { long: 'backing-chain' }, { short: 'h', long: 'help' }], 'vdisk info');
+  const p = parseArgs(argv, [...IMAGE_OPTIONS, { long: 'output', value: true }, { long: 'backing-chain' }, { long: 'probe' },
+    { short: 'h', long: 'help' }], 'vdisk info');
   if (p.options.has('help')) return print(io, HELP), 0;
   const output = outputFormat(p);
   const image = onePositional(p, 'image');
-  await using node = await openImage(p, image, { readOnly: true });
+  const probe = hasFlag(p, 'probe');
+  if (probe && hasFlag(p, 'backing-chain')) throw new UsageError('--probe and --backing-chain are mutually exclusive');
+  await using node = await (probe ? openWithoutBacking(p, image) : openImage(p, image, { readOnly: true }));
+  // Sizes come from a stat of the image file, which hangs on dead storage as an open does.
+  const deadline = storageTimeouts(p).open;
+  const collect = (n: BlockNode): Promise<ImageInfo> => withDeadline(deadline, collectInfo(n),
+    () => new BlockError('ETIMEDOUT', `Could not read '${n.filename}': no answer within ${deadline} s (ETIMEDOUT)`, { op: 'stat', path: n.filename }));
   if (!p.options.has('backing-chain')) {
-    const facts = await collectInfo(node);
+    const collected = await collect(node);
+    const facts = probe ? unopenedBackingPath(collected) : collected;
     print(io, output === 'json' ? qemuJson(facts) : humanInfo(facts, node.snapshotTable()));
     return 0;
   }
   // The image and each backing image below it: a JSON array, or human blocks separated by a blank line.
   const chain: BlockNode[] = [];
   for (let n: BlockNode | undefined = node; n; n = n.backing) chain.push(n);
-  const facts = await Promise.all(chain.map(collectInfo));
+  const facts = await Promise.all(chain.map(collect));
   print(io, output === 'json' ? qemuJson(facts) : chain.map((n, i) => humanInfo(facts[i]!, n.snapshotTable())).join('\n\n'));
   return 0;
 }

@@ -1,8 +1,13 @@
 import type { BlockNode } from '../core/block-node.js';
+import { BlockError } from '../core/errors.js';
 import type { CacheMode } from '../drivers/protocol/file/index.js';
-import { open, parseFilename, type OpenOptions } from '../registry/index.js';
+import { open, parseFilename, type NodeSpec, type OpenOptions } from '../registry/index.js';
 import { lastValue, hasFlag, type OptionSpec, type Parsed } from './args.js';
+import { withDeadline } from './deadline.js';
 import { UsageError } from './errors.js';
+
+/** `--timeout SECONDS`, which every command that opens storage takes. */
+export const TIMEOUT_OPTION: OptionSpec = { long: 'timeout', value: true };
 
 /** The image-opening options qemu-img's subcommands share. */
 export const IMAGE_OPTIONS: OptionSpec[] = [
@@ -10,7 +15,46 @@ export const IMAGE_OPTIONS: OptionSpec[] = [
   { short: 't', long: 'cache', value: true },
   { short: 'U', long: 'force-share' },
   { long: 'image-opts' },
+  TIMEOUT_OPTION,
 ];
+
+/** Seconds a network protocol waits for its server unless --timeout says otherwise. */
+export const DEFAULT_NETWORK_TIMEOUT = 30;
+/** The longest timeout a timer can keep (2^31 - 1 ms). */
+const MAX_TIMEOUT = 2147483;
+
+/** The --help lines of --timeout, for every command that takes it. */
+export const TIMEOUT_HELP = `  --timeout SECONDS  fail with ETIMEDOUT when storage does not answer in time: each connect,
+              handshake and request of nbd://, and opening an image (default: ${DEFAULT_NETWORK_TIMEOUT} for
+              network protocols, none for local files; 0: no limit)`;
+
+/** What --timeout asks for, in seconds; 0 is no limit. */
+export interface StorageTimeouts {
+  /** Each connect, handshake and request of a network protocol. */
+  network: number;
+  /** Opening an image (its files, headers and backing chain), wherever it is. */
+  open: number;
+}
+
+export function storageTimeouts(p: Parsed): StorageTimeouts {
+  const text = lastValue(p, 'timeout');
+  // Local files wait as long as the kernel does unless asked otherwise, as QEMU's do.
+  if (text === undefined) return { network: DEFAULT_NETWORK_TIMEOUT, open: 0 };
+  const seconds = /^\d+(\.\d*)?$/.test(text) ? Number(text) : NaN;
+  if (!(seconds <= MAX_TIMEOUT)) throw new UsageError(`Invalid timeout '${text}': expected seconds from 0 to ${MAX_TIMEOUT}`);
+  return { network: seconds, open: seconds };
+}
+
+/**
+ * open() under the --timeout deadlines: the network one goes to the protocol drivers, which
+ * bound every step themselves; the open one bounds the whole open, wherever a step hangs.
+ */
+export function openStorage(spec: string | NodeSpec, options: OpenOptions, timeouts: StorageTimeouts,
+  name = typeof spec === 'string' ? spec : `json:${JSON.stringify(spec)}`): Promise<BlockNode> {
+  return withDeadline(timeouts.open, open(spec, { networkTimeout: timeouts.network, ...options }),
+    () => new BlockError('ETIMEDOUT', `Could not open '${name}': no answer within ${timeouts.open} s (ETIMEDOUT)`, { op: 'open', path: name }),
+    (late) => late.close());
+}
 
 const CACHE_MODES = ['writeback', 'writethrough', 'none', 'directsync', 'unsafe'];
 
@@ -28,11 +72,12 @@ export async function openImage(p: Parsed, image: string, extra: OpenOptions = {
     locking: hasFlag(p, 'force-share') ? 'off' : undefined,
     ...extra,
   };
+  let spec: string | NodeSpec = image;
   if (hasFlag(p, 'image-opts')) {
     if (options.format) throw new UsageError('--image-opts and --format are mutually exclusive');
-    return open(parseImageOpts(image), options);
+    spec = parseImageOpts(image);
   }
-  return open(image, options);
+  return openStorage(spec, options, storageTimeouts(p), image);
 }
 
 /** `driver=raw,file.filename=a.img` → a node spec (dotted keys are unflattened by the registry). */

@@ -26,6 +26,11 @@ export interface OpenOptions {
    * nothing is repaired on open, so the check sees them as they are.
    */
   check?: boolean;
+  /**
+   * Seconds a network protocol waits for its server (each connect, handshake and request) before
+   * failing with ETIMEDOUT. Absent or 0: no limit, unless the node's own option sets one.
+   */
+  networkTimeout?: number;
 }
 
 export interface OpenContext {

@@ -277,7 +277,7 @@ async function connectOnce(opts: NbdClientOptions, describe: string,
   const timeoutMs = (opts.requestTimeout ?? 0) * 1000;
   const socket = server.type === 'unix' ? net.connect({ path: server.path }) : net.connect({ host: server.host, port: server.port });
   const timer = timeoutMs > 0 ? setTimeout(() => socket.destroy(new BlockError('ETIMEDOUT',
-    `${describe}: no answer from the server within ${timeoutMs / 1000} s`, { op: 'open', path: describe })), timeoutMs) : undefined;
+    `${describe}: no answer from the server within ${timeoutMs / 1000} s (ETIMEDOUT)`, { op: 'open', path: describe })), timeoutMs) : undefined;
   try {
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);

@@ -119,7 +119,7 @@ export class NbdConnection {
       const ms = this.opts.requestTimeoutMs;
       if (ms > 0) {
         p.timer = setTimeout(() => this.kill('ETIMEDOUT',
-          `${COMMAND_NAMES[p.type]} got no reply within ${ms / 1000} s; the connection is closed`, false), ms);
+          `${COMMAND_NAMES[p.type]} got no reply within ${ms / 1000} s (ETIMEDOUT); the connection is closed`, false), ms);
       }
       const header = encodeRequestHeader(Buffer.allocUnsafe(REQUEST_HEADER_SIZE), 0, p);
       const socket = this.wire.socket;

@@ -86,7 +86,8 @@ export const nbdDriver: DriverDef = {
     'tls-verify-peer', 'reconnect-delay', 'open-timeout', 'request-timeout',
   ],
   async open(spec, ctx) {
-    const client = await NbdClient.connect(clientOptions(spec));
+    const opts = clientOptions(spec);
+    const client = await NbdClient.connect({ ...opts, requestTimeout: opts.requestTimeout ?? ctx.options.networkTimeout });
     return new NbdNode(client, {
       readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly ?? false,
       nodeName: stringOption(spec, 'node-name'),
