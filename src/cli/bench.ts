@@ -4,15 +4,16 @@ import type { BlockDevice } from '../core/types.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { IMAGE_OPTIONS, onePositional, openImage } from './open-image.js';
+import { IMAGE_OPTIONS, onePositional, openImage, TIMEOUT_HELP } from './open-image.js';
 import { formatFixed, parseSize } from './sizes.js';
 
 const HELP = `usage: vdisk bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N [--no-drain]] [-i AIO] [-n]
                    [-o OFFSET] [--pattern=N] [-q] [-s BUFFER_SIZE] [-S STEP_SIZE] [-t CACHE] [-U] [-w]
-                   [--image-opts] IMAGE
+                   [--image-opts] [--timeout SECONDS] IMAGE
 Sends COUNT read (or, with -w, write) requests of BUFFER_SIZE bytes, DEPTH of them in flight,
 at offsets from OFFSET stepping by STEP_SIZE (default: the buffer size) and wrapping at the end
-of the image, and prints how long they took, as qemu-img bench does.`;
+of the image, and prints how long they took, as qemu-img bench does.
+${TIMEOUT_HELP}`;
 
 const INT_MAX = 2 ** 31 - 1;
 

@@ -3,12 +3,13 @@ import { CheckFailedError, type CheckResult } from '../drivers/format/qcow2/chec
 import { lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
+import { IMAGE_OPTIONS, onePositional, openImage, outputFormat, TIMEOUT_HELP } from './open-image.js';
 import { qemuJson } from '../core/qemu-format.js';
 
-const HELP = `usage: vdisk check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-U] IMAGE
+const HELP = `usage: vdisk check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-U] [--timeout SECONDS] IMAGE
 Checks an image's metadata for consistency, as qemu-img check does.
-Exit status: 0 consistent, 2 corrupted, 3 leaked clusters only, 63 format has no checks.`;
+Exit status: 0 consistent, 2 corrupted, 3 leaked clusters only, 63 format has no checks.
+${TIMEOUT_HELP}`;
 
 /** Exit statuses of qemu-img check. */
 const EXIT = { clean: 0, errors: 1, corrupt: 2, leaks: 3, unsupported: 63 } as const;

@@ -4,13 +4,15 @@ import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
 import { describeError } from './main.js';
-import { cacheMode, openImage } from './open-image.js';
+import { cacheMode, openImage, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { QemuProgress } from './progress.js';
 
-const HELP = `usage: vdisk compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-p] [-q] [-s] [-U] [--image-opts] IMAGE1 IMAGE2
+const HELP = `usage: vdisk compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-p] [-q] [-s] [-U] [--image-opts] [--timeout SECONDS]
+       IMAGE1 IMAGE2
 Checks that two images read the same, as qemu-img compare does; a longer image's tail must read as
 zeros unless -s (strict: sizes and block status must match too).
-Exit status: 0 identical, 1 different, 2 an image did not open, 3 block status failed, 4 a read failed.`;
+Exit status: 0 identical, 1 different, 2 an image did not open, 3 block status failed, 4 a read failed.
+${TIMEOUT_HELP}`;
 
 /** qemu-img compare's exit statuses. */
 const EXIT = { identical: 0, different: 1, open: 2, status: 3, read: 4 } as const;
@@ -19,7 +21,7 @@ export async function compare(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { short: 'F', value: true }, { short: 'T', value: true },
     { short: 'p' }, { short: 'q' }, { short: 's' }, { short: 'U', long: 'force-share' }, { long: 'image-opts' },
-    { short: 'h', long: 'help' },
+    { short: 'h', long: 'help' }, TIMEOUT_OPTION,
   ], 'vdisk compare');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   if (p.positionals.length !== 2) throw new UsageError('Expecting two image file names');

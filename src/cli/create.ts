@@ -1,16 +1,18 @@
 import type { CreateOption } from '../registry/driver.js';
-import { open, registry } from '../registry/index.js';
+import { registry } from '../registry/index.js';
 import { combinePath } from '../registry/registry.js';
 import { lastValue, parseArgs, hasFlag } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
+import { openStorage, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION, type StorageTimeouts } from './open-image.js';
 import { parseSize } from './sizes.js';
 
-const HELP = `usage: vdisk create [-q] -f FMT [-o OPTIONS] [-b BACKING [-F BACKING_FMT]] [-u] IMAGE [SIZE]
+const HELP = `usage: vdisk create [-q] -f FMT [-o OPTIONS] [-b BACKING [-F BACKING_FMT]] [-u] [--timeout SECONDS] IMAGE [SIZE]
 Creates a new image, as qemu-img create does; SIZE defaults to the backing file's.
 raw options: preallocation=off|falloc|full.
 qcow2 options: cluster_size, compat, lazy_refcounts, refcount_bits, extended_l2, preallocation,
-data_file, data_file_raw, compression_type, backing_file, backing_fmt.`;
+data_file, data_file_raw, compression_type, backing_file, backing_fmt.
+${TIMEOUT_HELP}`;
 
 const SECTOR = 512;
 
@@ -32,9 +34,10 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { short: 'o', long: 'options', value: true, multiple: true },
     { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' }, { short: 'b', long: 'backing', value: true },
-    { short: 'F', long: 'backing-format', value: true }, { short: 'u', long: 'unsafe' },
+    { short: 'F', long: 'backing-format', value: true }, { short: 'u', long: 'unsafe' }, TIMEOUT_OPTION,
   ], 'vdisk create');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
+  const timeouts = storageTimeouts(p);
   const format = lastValue(p, 'format') ?? 'raw';
   const [filename, sizeText, ...extra] = p.positionals;
   if (!filename) throw new UsageError('Expecting image file name');
@@ -59,13 +62,13 @@ export async function create(argv: string[], io: CliIo): Promise<number> {
       throw new UsageError(`Invalid image size specified '${sizeSource}'. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
     }
   } else if (options.backing_file !== undefined && !hasFlag(p, 'unsafe')) {
-    size = await backingSize(filename, options.backing_file, options.backing_fmt);
+    size = await backingSize(filename, options.backing_file, options.backing_fmt, timeouts);
   } else {
     throw new UsageError(`${filename}: Image creation needs a size parameter`);
   }
   // As qemu-img does, the backing file must open (resolved beside the new image) unless -u.
   if (options.backing_file !== undefined && sizeSource !== undefined && !hasFlag(p, 'unsafe')) {
-    await backingSize(filename, options.backing_file, options.backing_fmt);
+    await backingSize(filename, options.backing_file, options.backing_fmt, timeouts);
   }
   if (!hasFlag(p, 'quiet')) {
     print(io, `Formatting '${filename}', ${formattingSummary(format, driver.createOptions ?? [], { ...options, size: String(size) })}`);
@@ -101,8 +104,9 @@ function asNumber(text: string): string {
 }
 
 /** The virtual size of the backing file an image will name, opened as the image will open it. */
-async function backingSize(image: string, backing: string, format: string | undefined): Promise<number> {
-  const node = await open(combinePath(image, backing), { format, readOnly: true });
+async function backingSize(image: string, backing: string, format: string | undefined, timeouts: StorageTimeouts): Promise<number> {
+  // A URI (nbd://…) names its own place, as when the image opens it; only paths are relative.
+  const node = await openStorage(registry.protocolFor(backing) ? backing : combinePath(image, backing), { format, readOnly: true }, timeouts);
   try {
     return node.size;
   } finally {

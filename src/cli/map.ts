@@ -3,12 +3,14 @@ import type { Extent } from '../core/types.js';
 import { lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { IMAGE_OPTIONS, onePositional, openImage, outputFormat } from './open-image.js';
+import { IMAGE_OPTIONS, onePositional, openImage, outputFormat, TIMEOUT_HELP } from './open-image.js';
 import { parseSize } from './sizes.js';
 import { ChunkWriter } from './chunk-writer.js';
 
-const HELP = `usage: vdisk map [-f FMT] [--output=human|json] [--start-offset=OFF] [--max-length=LEN] [-U] [--image-opts] IMAGE
-Shows where each range of the image lives, as qemu-img map does.`;
+const HELP = `usage: vdisk map [-f FMT] [--output=human|json] [--start-offset=OFF] [--max-length=LEN] [-U] [--image-opts]
+       [--timeout SECONDS] IMAGE
+Shows where each range of the image lives, as qemu-img map does.
+${TIMEOUT_HELP}`;
 
 /** One row of `qemu-img map --output=json`: a run of extents with the same flags and contiguous host offsets. */
 export interface MapEntry {

@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { open as openFile } from 'node:fs/promises';
-import { it } from 'node:test';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockError } from '../../../src/core/errors.js';
 import { parseArgs } from '../../../src/cli/args.js';
 import { UsageError } from '../../../src/cli/errors.js';
 import { DEFAULT_NETWORK_TIMEOUT, IMAGE_OPTIONS, openStorage, storageTimeouts } from '../../../src/cli/open-image.js';
-import { makeTmpDir } from '../../helpers/tmp.js';
+import { vdisk } from '../../helpers/cli.js';
+import { makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
 
 const timeoutsOf = (...argv: string[]) => storageTimeouts(parseArgs(argv, IMAGE_OPTIONS));
 
@@ -56,5 +58,43 @@ it('an open that does not return in time fails with ETIMEDOUT; the image it open
     }
   } finally {
     await tmp.cleanup();
+  }
+});
+
+describe('every command that opens storage takes --timeout', () => {
+  let tmp: TmpDir;
+  let server: net.Server;
+  let socket: string;
+  const peers = new Set<net.Socket>();
+  before(async () => {
+    tmp = await makeTmpDir('vdisk-timeout-all-');
+    socket = tmp.path('silent.sock');
+    // Accepts every connection and never sends a byte.
+    server = net.createServer((s) => {
+      peers.add(s);
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+  });
+  after(async () => {
+    for (const s of peers) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await tmp.cleanup();
+  });
+
+  const uri = () => `nbd+unix:///?socket=${socket}`;
+  const commands: [string, () => string[], number][] = [
+    ['map', () => ['map', '--timeout', '1', uri()], 1],
+    ['check', () => ['check', '--timeout', '1', uri()], 1],
+    ['bench', () => ['bench', '--timeout', '1', '-c', '1', uri()], 1],
+    ['compare', () => ['compare', '--timeout', '1', uri(), uri()], 2],
+    ['create -b', () => ['create', '--timeout', '1', '-f', 'qcow2', '-b', uri(), '-F', 'raw', tmp.path('over.qcow2')], 1],
+  ];
+  for (const [name, args, status] of commands) {
+    it(`${name}: a server that never answers fails it with ETIMEDOUT`, async () => {
+      const r = await vdisk(args());
+      assert.equal(r.code, status, r.stderr);
+      assert.match(r.stderr, /^vdisk \w+: [^\n]*no answer [^\n]*within 1 s \(ETIMEDOUT\)\n$/);
+    });
   }
 });
