@@ -1,9 +1,9 @@
 import type { BlockNode } from '../../core/block-node.js';
-import { open, type OpenOptions } from '../../registry/index.js';
+import type { OpenOptions } from '../../registry/index.js';
 import type { CliIo } from '../context.js';
 import { UsageError } from '../errors.js';
 import { describeError } from '../main.js';
-import { parseImageOpts } from '../open-image.js';
+import { openStorage, parseImageOpts } from '../open-image.js';
 import { commandLines } from './input.js';
 import { parseIoArgs, USAGE, type IoOptions } from './options.js';
 import { Session } from './session.js';
@@ -84,7 +84,7 @@ async function openImage(opts: IoOptions, cli: CliIo): Promise<BlockNode | null>
   };
   let node: BlockNode;
   try {
-    node = await open(opts.imageOpts ? parseImageOpts(opts.image!) : opts.image!, options);
+    node = await openStorage(opts.imageOpts ? parseImageOpts(opts.image!) : opts.image!, options, opts.timeouts, opts.image);
   } catch (err) {
     cli.stderr.write(`${PROG}: ${where}: ${describeError(err)}\n`);
     return null;

@@ -1,6 +1,7 @@
 import type { CacheMode } from '../../drivers/protocol/file/index.js';
 import { hasFlag, lastValue, parseArgs, type OptionSpec } from '../args.js';
 import { UsageError } from '../errors.js';
+import { storageTimeouts, TIMEOUT_OPTION, type StorageTimeouts } from '../open-image.js';
 
 /** What `vdisk io` was asked to do: qemu-io's command line. */
 export interface IoOptions {
@@ -12,6 +13,8 @@ export interface IoOptions {
   cache: CacheMode | undefined;
   discardMode: 'unmap' | 'ignore';
   forceShare: boolean;
+  /** --timeout (vdisk's own). */
+  timeouts: StorageTimeouts;
   help: boolean;
   version: boolean;
 }
@@ -29,6 +32,7 @@ const SPECS: OptionSpec[] = [
   { short: 'k', long: 'native-aio' },
   { short: 'i', long: 'aio', value: true, multiple: true },
   { long: 'image-opts' },
+  TIMEOUT_OPTION,
   // Refused below with a message: vdisk has no snapshot overlay, copy-on-read option, tracing or objects.
   { short: 's', long: 'snapshot' },
   { short: 'C', long: 'copy-on-read' },
@@ -77,6 +81,7 @@ export function parseIoArgs(argv: readonly string[]): IoOptions {
     cache,
     discardMode,
     forceShare: hasFlag(p, 'force-share'),
+    timeouts: storageTimeouts(p),
     help: hasFlag(p, 'help'),
     version: hasFlag(p, 'version'),
   };
@@ -94,6 +99,8 @@ Run qemu-io commands on a disk image: same command syntax and output as qemu-io.
                        (writeback, writethrough, none, directsync, unsafe)
   -d, --discard=MODE   use the given discard mode for the image (unmap, ignore)
   -U, --force-share    force shared permissions (needs -r; takes no image locks)
+      --timeout SECONDS  fail with ETIMEDOUT when storage does not answer in time (default:
+                       30 for network protocols, none for local files; 0: no limit)
   -m, -k, -i MODE      accepted for qemu-io compatibility, no effect
   -h, --help           display this help and exit
   -V, --version        output version information and exit

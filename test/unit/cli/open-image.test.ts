@@ -88,6 +88,7 @@ describe('every command that opens storage takes --timeout', () => {
     ['check', () => ['check', '--timeout', '1', uri()], 1],
     ['bench', () => ['bench', '--timeout', '1', '-c', '1', uri()], 1],
     ['compare', () => ['compare', '--timeout', '1', uri(), uri()], 2],
+    ['io', () => ['io', '--timeout', '1', '-c', 'read 0 512', uri()], 1],
     ['create -b', () => ['create', '--timeout', '1', '-f', 'qcow2', '-b', uri(), '-F', 'raw', tmp.path('over.qcow2')], 1],
   ];
   for (const [name, args, status] of commands) {
