@@ -4,15 +4,16 @@ import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { parseCreateOptions } from './create.js';
 import { UsageError } from './errors.js';
-import { cacheMode, openImage } from './open-image.js';
+import { cacheMode, openImage, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { QemuProgress } from './progress.js';
 import { resizeImage } from './resize.js';
 import { qemuStrtosz } from './sizes.js';
 
-const HELP = `usage: vdisk amend [-f FMT | --image-opts] [-t CACHE] [-p] [-q] -o OPTIONS IMAGE
+const HELP = `usage: vdisk amend [-f FMT | --image-opts] [-t CACHE] [-p] [-q] [--timeout SECONDS] -o OPTIONS IMAGE
 Changes format options of an existing image, as qemu-img amend does ('-o help' lists them).
 qcow2: compat (0.10 or 1.1), lazy_refcounts, refcount_bits, size; backing_file and backing_fmt
-only as they are (use vdisk rebase to change them).`;
+only as they are (use vdisk rebase to change them).
+${TIMEOUT_HELP}`;
 
 type Kind = 'str' | 'bool' | 'num' | 'size';
 
@@ -43,7 +44,7 @@ export async function amend(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'o', long: 'options', value: true, multiple: true }, { short: 'f', long: 'format', value: true },
     { long: 'image-opts' }, { short: 't', long: 'cache', value: true }, { long: 'force' }, { short: 'p', long: 'progress' },
-    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' },
+    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' }, TIMEOUT_OPTION,
   ], 'vdisk amend');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const lists = p.options.get('options');

@@ -7,20 +7,20 @@ import { compressedTarget } from '../jobs/compressed-target.js';
 import { ConvertJob } from '../jobs/convert-job.js';
 import { jobInfo } from '../jobs/job-info.js';
 import type { Job } from '../jobs/job.js';
-import { open, registry } from '../registry/index.js';
+import { registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { convertCache, reflinkMode } from './convert-modes.js';
 import { parseCreateOptions } from './create.js';
 import { UsageError } from './errors.js';
-import { openImage, outputFormat } from './open-image.js';
+import { openImage, openStorage, outputFormat, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { strtol } from './io/numbers.js';
 import { QemuProgress } from './progress.js';
 import { parseSize } from './sizes.js';
 
 const HELP = `usage: vdisk convert [-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-S SIZE] [-c] [-n]
        [--target-is-zero] [-m N] [-W] [-t CACHE] [-T SRC_CACHE] [--cache=CACHE] [--reflink=WHEN]
-       [-U] [--image-opts] [-p] [-q] [--output=human|json] SRC... DST
+       [-U] [--image-opts] [-p] [-q] [--output=human|json] [--timeout SECONDS] SRC... DST
 Copies one or more images (laid end to end) into a new or existing image, as qemu-img convert does:
 only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 allocates everything).
   -B BACKING  create DST as an overlay of BACKING; ranges the source leaves to its own backing
@@ -33,7 +33,8 @@ only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 al
   --reflink=auto|always|never  raw to raw on one file system that shares extents (XFS, btrfs):
               clone instead of copying (default auto: clone where possible)
   --output=json  one JSON object per line as the copy runs and when it ends (QMP's query-jobs
-              names: id, type, status, current-progress, total-progress, error)`;
+              names: id, type, status, current-progress, total-progress, error)
+${TIMEOUT_HELP}`;
 
 const SECTOR = 512;
 /** Formats whose images take compressed clusters (QEMU's block_driver_can_compress). */
@@ -71,7 +72,7 @@ function parseConvertArgs(argv: string[]): ConvertArgs | 'help' {
     { long: 'target-is-zero' }, { short: 'm', value: true }, { short: 'W' }, { short: 'p' }, { short: 'q' },
     { short: 't', value: true }, { short: 'T', value: true }, { short: 'U', long: 'force-share' }, { long: 'image-opts' },
     { short: 'c' }, { short: 'h', long: 'help' }, { long: 'cache', value: true }, { long: 'reflink', value: true },
-    { long: 'output', value: true },
+    { long: 'output', value: true }, TIMEOUT_OPTION,
   ], 'vdisk convert');
   if (hasFlag(p, 'help')) return 'help';
   const skipCreate = hasFlag(p, 'n');
@@ -128,6 +129,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
   const a = parseConvertArgs(argv);
   if (a === 'help') return print(io, HELP), 0;
   const p = a.parsed;
+  const timeouts = storageTimeouts(p);
   // --output=json reports progress itself, in its own lines.
   const progress = new QemuProgress(a.progress && a.output === 'human' ? io.stdout : undefined, 1);
   progress.print(0, 100);
@@ -144,7 +146,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
     if (a.targetIsZero && backing !== undefined) throw new UsageError('Cannot use --target-is-zero when the destination image has a backing file');
     await refuseSourceAsTarget(sources, a.target);
     if (!a.skipCreate) await createTarget(a, total);
-    target = await open(a.target, { format: a.outFormat, cache: a.targetCache ?? 'unsafe' });
+    target = await openStorage(a.target, { format: a.outFormat, cache: a.targetCache ?? 'unsafe' }, timeouts);
     if (a.compressed && !compressedTarget(target)) throw new UsageError('Compression not supported for this file format');
     if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
 

@@ -3,20 +3,22 @@ import { BlockError } from '../core/errors.js';
 import { qemuStrtosz } from '../core/sizes.js';
 import { RawNode } from '../drivers/format/raw/index.js';
 import { ConvertJob } from '../jobs/convert-job.js';
-import { open, registry } from '../registry/index.js';
+import { registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { refuseSourceAsTarget } from './convert.js';
 import { UsageError } from './errors.js';
-import { openImage } from './open-image.js';
+import { openImage, openStorage, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 
-const HELP = `usage: vdisk dd [-f FMT] [-O OUTPUT_FMT] [-U] [--image-opts] [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT
+const HELP = `usage: vdisk dd [-f FMT] [-O OUTPUT_FMT] [-U] [--image-opts] [--timeout SECONDS] [bs=BLOCK_SIZE] [count=BLOCKS]
+       [skip=BLOCKS] if=INPUT of=OUTPUT
 Copies INPUT (from block SKIP on) into OUTPUT, created anew (OUTPUT_FMT, default raw), as qemu-img dd does.
   bs=BYTES  block size (default 512; k, M, G … suffixes)
   count=N   stop at block N of the input (counted from the start of the input, skipped blocks
             included, as qemu-img dd counts them)
   skip=N    start at block N of the input
-Holes and zeros in the input stay holes in OUTPUT.`;
+Holes and zeros in the input stay holes in OUTPUT.
+${TIMEOUT_HELP}`;
 
 const SECTOR = 512n;
 const INT_MAX = 2n ** 31n - 1n;
@@ -68,7 +70,7 @@ function parseOperands(operands: readonly string[]): DdArgs {
 export async function dd(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { short: 'O', value: true }, { short: 'U', long: 'force-share' },
-    { long: 'image-opts' }, { short: 'h', long: 'help' },
+    { long: 'image-opts' }, { short: 'h', long: 'help' }, TIMEOUT_OPTION,
   ], 'vdisk dd');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const a = parseOperands(p.positionals);
@@ -100,7 +102,7 @@ export async function dd(argv: string[], io: CliIo): Promise<number> {
       if (!(err instanceof BlockError)) throw err;
       throw new BlockError(err.code, `${a.output}: error while creating output image: ${err.message}`, err.context, { cause: err });
     }
-    target = await open(a.output, { format: outFormat });
+    target = await openStorage(a.output, { format: outFormat }, storageTimeouts(p));
     if (beyond) io.stderr.write(`vdisk dd: ${a.input}: cannot skip to specified offset\n`);
 
     // The window of the input to copy, as an image of its own, through the one copy engine:

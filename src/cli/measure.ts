@@ -2,23 +2,24 @@ import type { BlockNode } from '../core/block-node.js';
 import { Qcow2Node } from '../drivers/format/qcow2/index.js';
 import { findSnapshot } from '../drivers/format/qcow2/snapshots.js';
 import type { MeasureInfo, NodeSpec } from '../registry/driver.js';
-import { open, parseFilename, registry } from '../registry/index.js';
+import { parseFilename, registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
 import { checkOptionList, parseMeasureOptions } from './measure-options.js';
-import { openImage, outputFormat, parseImageOpts } from './open-image.js';
+import { openImage, openStorage, outputFormat, parseImageOpts, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { qemuStrtosz } from './sizes.js';
 
 const HELP = `usage: vdisk measure [--output=human|json] [-O OUTPUT_FMT] [-o OPTIONS]
-                     (--size SIZE | [--image-opts] [-f FMT] [-l SNAPSHOT] [-U] FILENAME)
+                     (--size SIZE | [--image-opts] [-f FMT] [-l SNAPSHOT] [-U] [--timeout SECONDS] FILENAME)
 Prints the size a new image of OUTPUT_FMT (default raw) would need, as qemu-img measure does:
 for a virtual size, or to hold the data of FILENAME (its backing chain included). "required
 size" is what the new image takes, "fully allocated size" what it takes with every cluster
 allocated; "bitmaps size" is the room the persistent bitmaps of a qcow2 FILENAME would need.
 -o takes the create options of OUTPUT_FMT; for qcow2 cluster_size, compat, refcount_bits,
 extended_l2, preallocation and backing_file change the answer.
--l SNAPSHOT (or snapshot.id=ID,snapshot.name=NAME) measures an internal snapshot of FILENAME.`;
+-l SNAPSHOT (or snapshot.id=ID,snapshot.name=NAME) measures an internal snapshot of FILENAME.
+${TIMEOUT_HELP}`;
 
 const INT64_MAX = (1n << 63n) - 1n;
 
@@ -68,7 +69,7 @@ async function openSnapshot(p: Parsed, image: string, node: BlockNode, ref: Snap
   const spec: NodeSpec = typeof base !== 'string' && base.driver === node.driver
     ? { ...base, snapshot: found.id }
     : { driver: node.driver, file: base, snapshot: found.id };
-  return open(spec, { readOnly: true, locking: hasFlag(p, 'force-share') ? 'off' : undefined });
+  return openStorage(spec, { readOnly: true, locking: hasFlag(p, 'force-share') ? 'off' : undefined }, storageTimeouts(p), image);
 }
 
 /** The input image, at the snapshot -l names if any, and the length QEMU would measure it over. */
@@ -104,7 +105,7 @@ export async function measure(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { short: 'O', value: true }, { short: 'o', value: true, multiple: true },
     { short: 'l', value: true }, { short: 'U', long: 'force-share' }, { long: 'image-opts' }, { long: 'object', value: true, multiple: true },
-    { long: 'output', value: true }, { long: 'size', value: true }, { short: 'h', long: 'help' },
+    { long: 'output', value: true }, { long: 'size', value: true }, { short: 'h', long: 'help' }, TIMEOUT_OPTION,
   ], 'vdisk measure');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const output = outputFormat(p);

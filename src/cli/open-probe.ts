@@ -5,15 +5,15 @@ import { UsageError } from './errors.js';
 import { cacheMode, openStorage, parseImageOpts, storageTimeouts, type StorageTimeouts } from './open-image.js';
 
 /*
- * Opening an image to look at it and nothing more (`vdisk info --probe`): its format header and
- * what the format needs to make sense of it, but not its backing chain, as qemu-img info opens
- * images (QEMU's BDRV_O_NO_BACKING). The backing file may sit on storage that is gone.
+ * Opening an image without its backing chain (QEMU's BDRV_O_NO_BACKING), as qemu-img info opens
+ * images (`vdisk info --probe`: its format header and what the format needs to make sense of
+ * it) and as rebase -u does: the backing file may sit on storage that is gone.
  */
 
-/** Opens IMAGE read-only as the parsed options say, with `backing: null` where the format has a backing file. */
-export async function openWithoutBacking(p: Parsed, image: string): Promise<BlockNode> {
+/** Opens IMAGE (read-only unless `extra` says otherwise) as the parsed options say, with `backing: null` where the format has a backing file. */
+export async function openWithoutBacking(p: Parsed, image: string, extra: OpenOptions = {}): Promise<BlockNode> {
   const timeouts = storageTimeouts(p);
-  const options: OpenOptions = { readOnly: true, cache: cacheMode(lastValue(p, 'cache')), locking: hasFlag(p, 'force-share') ? 'off' : undefined };
+  const options: OpenOptions = { readOnly: true, cache: cacheMode(lastValue(p, 'cache')), locking: hasFlag(p, 'force-share') ? 'off' : undefined, ...extra };
   const format = lastValue(p, 'format');
   let spec: NodeSpec;
   if (hasFlag(p, 'image-opts')) {
@@ -36,7 +36,7 @@ export async function openWithoutBacking(p: Parsed, image: string): Promise<Bloc
 
 /** The format IMAGE's first bytes show (what the registry probes when it opens a filename). */
 async function probeFormat(filename: string, options: OpenOptions, timeouts: StorageTimeouts): Promise<string> {
-  await using file = await openStorage(filename, { ...options, format: registry.protocolFor(filename) ?? 'file' }, timeouts);
+  await using file = await openStorage(filename, { ...options, readOnly: true, format: registry.protocolFor(filename) ?? 'file' }, timeouts);
   const head = new Uint8Array(Math.min(PROBE_BYTES, file.size));
   await file.read(0, head);
   return registry.probe(head, filename);

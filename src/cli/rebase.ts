@@ -4,26 +4,29 @@ import { BlockError } from '../core/errors.js';
 import { changeBackingFile, checkBackingChange } from '../drivers/format/qcow2/backing-link.js';
 import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { RebaseJob } from '../jobs/rebase.js';
-import { open, parseFilename, PROBE_BYTES, registry, type NodeSpec } from '../registry/index.js';
+import { parseFilename, registry } from '../registry/index.js';
 import { combinePath } from '../registry/registry.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
 import { describeError } from './main.js';
-import { cacheMode, openImage, parseImageOpts } from './open-image.js';
+import { cacheMode, openImage, openStorage, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
+import { openWithoutBacking } from './open-probe.js';
 import { QemuProgress } from './progress.js';
 
-const HELP = `usage: vdisk rebase [-f FMT | --image-opts] [-t CACHE] [-T SRC_CACHE] [-p] [-q] [-U] [-u] -b BACKING [-F BACKING_FMT] IMAGE
+const HELP = `usage: vdisk rebase [-f FMT | --image-opts] [-t CACHE] [-T SRC_CACHE] [-p] [-q] [-U] [-u] [--timeout SECONDS]
+       -b BACKING [-F BACKING_FMT] IMAGE
 Changes the backing file of an image, as qemu-img rebase does. Safe mode (the default) first
 writes into IMAGE whatever reads differently through the new backing file, so IMAGE reads the
-same afterwards; -u (unsafe) only changes the link. -b '' removes the backing file.`;
+same afterwards; -u (unsafe) only changes the link. -b '' removes the backing file.
+${TIMEOUT_HELP}`;
 
 export async function rebase(argv: string[], io: CliIo): Promise<number> {
   const p = parseArgs(argv, [
     { short: 'f', long: 'format', value: true }, { long: 'image-opts' }, { short: 't', long: 'cache', value: true },
     { short: 'T', value: true }, { short: 'b', long: 'backing', value: true }, { short: 'F', long: 'backing-format', value: true },
     { short: 'u', long: 'unsafe' }, { short: 'U', long: 'force-share' }, { short: 'p', long: 'progress' },
-    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' },
+    { short: 'q', long: 'quiet' }, { short: 'h', long: 'help' }, TIMEOUT_OPTION,
   ], 'vdisk rebase');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const unsafe = hasFlag(p, 'unsafe');
@@ -35,7 +38,7 @@ export async function rebase(argv: string[], io: CliIo): Promise<number> {
   const progress = new QemuProgress(hasFlag(p, 'progress') && !quiet ? io.stdout : undefined, 2);
   const srcCache = cacheMode(lastValue(p, 'T'));
   // Unsafe mode does not open the old backing file: it may be gone (the reason to rebase -u).
-  const image = unsafe ? await openUnchained(p, p.positionals[0]!) : await openImage(p, p.positionals[0]!, { readOnly: false });
+  const image = unsafe ? await openWithoutBacking(p, p.positionals[0]!, { readOnly: false }) : await openImage(p, p.positionals[0]!, { readOnly: false });
   let opened: BlockNode | undefined;
   try {
     progress.print(0, 100);
@@ -83,7 +86,7 @@ Promise<{ node: BlockNode; depth?: number; opened: boolean }> {
     if (samePath(node.filename, target)) return { node, depth, opened: false };
   }
   try {
-    const node = await open(target, { format, readOnly: true, cache, locking: hasFlag(p, 'force-share') ? 'off' : undefined });
+    const node = await openStorage(target, { format, readOnly: true, cache, locking: hasFlag(p, 'force-share') ? 'off' : undefined }, storageTimeouts(p));
     return { node, opened: true };
   } catch (err) {
     throw new BlockError((err as BlockError).code ?? 'EIO', `Could not open new backing file '${name}': ${describeError(err)}`, { op: 'rebase' }, { cause: err });
@@ -94,32 +97,3 @@ function samePath(a: string, b: string): boolean {
   return registry.protocolFor(a) || registry.protocolFor(b) ? a === b : path.resolve(a) === path.resolve(b);
 }
 
-/**
- * Opens the image for writing without its backing chain (QEMU's BDRV_O_NO_BACKING): the format
- * is given or probed from the file's first bytes, and the chain is left closed.
- */
-async function openUnchained(p: Parsed, image: string): Promise<BlockNode> {
-  const options = { readOnly: false, cache: cacheMode(lastValue(p, 'cache')), locking: hasFlag(p, 'force-share') ? 'off' as const : undefined };
-  let spec: NodeSpec;
-  if (hasFlag(p, 'image-opts')) {
-    if (lastValue(p, 'format')) throw new UsageError('--image-opts and --format are mutually exclusive');
-    spec = parseImageOpts(image);
-  } else {
-    const parsed = parseFilename(image);
-    spec = typeof parsed === 'string' ? { driver: lastValue(p, 'format') ?? await probe(parsed), file: parsed } : parsed;
-  }
-  if (registry.has(spec.driver) && registry.get(spec.driver).options.includes('backing')) spec = { ...spec, backing: null };
-  return open(spec, options);
-}
-
-/** The format the file's first bytes say, as the registry probes it. */
-async function probe(filename: string): Promise<string> {
-  const file = await open(filename, { format: 'file', readOnly: true });
-  try {
-    const head = new Uint8Array(Math.min(PROBE_BYTES, file.size));
-    await file.read(0, head);
-    return registry.probe(head, filename);
-  } finally {
-    await file.close();
-  }
-}

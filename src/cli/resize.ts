@@ -5,13 +5,15 @@ import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { openImage } from './open-image.js';
+import { openImage, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { qemuStrtosz } from './sizes.js';
 
-const HELP = `usage: vdisk resize [-f FMT | --image-opts] [--preallocation=PREALLOC] [--shrink] [-q] IMAGE [+|-]SIZE
+const HELP = `usage: vdisk resize [-f FMT | --image-opts] [--preallocation=PREALLOC] [--shrink] [-q] [--timeout SECONDS]
+       IMAGE [+|-]SIZE
 Changes the virtual size of an image, as qemu-img resize does: SIZE sets it, +SIZE grows and
 -SIZE shrinks it by that much. Shrinking needs --shrink and loses the data past the new end.
-PREALLOC (growing only): off, metadata (qcow2), falloc, full.`;
+PREALLOC (growing only): off, metadata (qcow2), falloc, full.
+${TIMEOUT_HELP}`;
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 type Prealloc = (typeof PREALLOC_MODES)[number];
@@ -24,7 +26,7 @@ export async function resize(argv: string[], io: CliIo): Promise<number> {
   const sizeText = argv[argv.length - 1]!;
   const p = parseArgs(argv.slice(0, -1), [
     { short: 'f', long: 'format', value: true }, { long: 'image-opts' }, { long: 'preallocation', value: true },
-    { long: 'shrink' }, { short: 'q', long: 'quiet' },
+    { long: 'shrink' }, { short: 'q', long: 'quiet' }, TIMEOUT_OPTION,
   ], 'vdisk resize');
   const prealloc = (lastValue(p, 'preallocation') ?? 'off') as Prealloc;
   if (!PREALLOC_MODES.includes(prealloc)) throw new UsageError(`Invalid preallocation mode '${prealloc}'`);

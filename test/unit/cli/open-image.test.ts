@@ -68,6 +68,8 @@ describe('every command that opens storage takes --timeout', () => {
   const peers = new Set<net.Socket>();
   before(async () => {
     tmp = await makeTmpDir('vdisk-timeout-all-');
+    // The image rebase -b points at the silent server.
+    assert.equal((await vdisk(['create', '-q', '-f', 'qcow2', tmp.path('top.qcow2'), '1M'])).code, 0);
     socket = tmp.path('silent.sock');
     // Accepts every connection and never sends a byte.
     server = net.createServer((s) => {
@@ -89,6 +91,13 @@ describe('every command that opens storage takes --timeout', () => {
     ['bench', () => ['bench', '--timeout', '1', '-c', '1', uri()], 1],
     ['compare', () => ['compare', '--timeout', '1', uri(), uri()], 2],
     ['io', () => ['io', '--timeout', '1', '-c', 'read 0 512', uri()], 1],
+    ['convert', () => ['convert', '--timeout', '1', uri(), tmp.path('out.raw')], 1],
+    ['dd', () => ['dd', '--timeout', '1', `if=${uri()}`, `of=${tmp.path('dd.raw')}`], 1],
+    ['measure', () => ['measure', '--timeout', '1', uri()], 1],
+    ['resize', () => ['resize', '--timeout', '1', uri(), '2M'], 1],
+    ['amend', () => ['amend', '--timeout', '1', '-o', 'compat=1.1', uri()], 1],
+    ['rebase -u', () => ['rebase', '--timeout', '1', '-u', '-b', '', uri()], 1],
+    ['rebase -b', () => ['rebase', '--timeout', '1', '-b', uri(), '-F', 'raw', tmp.path('top.qcow2')], 1],
     ['create -b', () => ['create', '--timeout', '1', '-f', 'qcow2', '-b', uri(), '-F', 'raw', tmp.path('over.qcow2')], 1],
   ];
   for (const [name, args, status] of commands) {
