@@ -26,9 +26,10 @@ export interface OfdLockHolder {
 
 export interface IoQueueHandle {
   /**
-   * Queues requests [0, count): read (kinds[i] = 0) or write all of buffers[i] at offsets[i] on
-   * fds[i], as a buffered write (1: at most two run at once) or one that may overlap others (2,
-   * O_DIRECT); completions name ids[i]. The arrays are copied at once and may be reused.
+   * Queues requests [0, count): read or write all of buffers[i] at offsets[i] on fds[i];
+   * kinds[i] bit 0 means write, bit 1 an O_DIRECT descriptor (buffered writes run at most two at
+   * once; O_DIRECT requests always count as waiting for the device). Completions name ids[i].
+   * The arrays are copied at once and may be reused.
    */
   submit(count: number, ids: Uint32Array, fds: Int32Array, offsets: Float64Array, kinds: Uint8Array, buffers: Uint8Array[]): void;
   /** Stops the threads once their current requests finish; later submits throw. */

@@ -298,7 +298,7 @@ describe('native addon', { skip: skipReason }, () => {
         assert.throws(() => one(0.5), (e: NodeJS.ErrnoException) => e instanceof RangeError);
         assert.throws(() => one(0, undefined, 2), (e: NodeJS.ErrnoException) => e instanceof RangeError && /count/.test(e.message));
         assert.throws(
-          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([3]), [new Uint8Array(1)]),
+          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([4]), [new Uint8Array(1)]),
           (e: NodeJS.ErrnoException) => e instanceof RangeError && /kind/.test(e.message),
         );
       } finally {
@@ -330,7 +330,7 @@ describe('native addon', { skip: skipReason }, () => {
       }
     });
     for (const threads of [1, 3]) {
-      it(`runs buffered writes (two at a time), overlapping writes and reads to the end on ${threads} thread(s)`, async () => {
+      it(`runs buffered writes (two at a time), O_DIRECT-kind writes and reads to the end on ${threads} thread(s)`, async () => {
         const p = tmp(`kinds-${threads}.img`);
         const blocks = 300;
         fs.writeFileSync(p, Buffer.alloc(blocks * 512));
@@ -352,7 +352,8 @@ describe('native addon', { skip: skipReason }, () => {
               ids.push(b, blocks + b);
               fds.push(fd, fd);
               offsets.push(b * 512, ((b + blocks - 1) % blocks) * 512);
-              kinds.push(b % 3 === 0 ? 2 : 1, 0);
+              // Kinds 1 (buffered write) and 3 (O_DIRECT write); reads alternate kinds 0 and 2.
+              kinds.push(b % 3 === 0 ? 3 : 1, b % 2 === 0 ? 0 : 2);
               bufs.push(new Uint8Array(512).fill(b % 251), reads[b]!);
             }
             q.submit(ids.length, new Uint32Array(ids), new Int32Array(fds), new Float64Array(offsets), new Uint8Array(kinds), bufs);

@@ -67,7 +67,7 @@ let count = 0;
 let ids = new Uint32Array(64);
 let fds = new Int32Array(64);
 let offsets = new Float64Array(64);
-/** Per request: 0 read, 1 buffered write, 2 write that may run beside others (O_DIRECT). */
+/** Per request: bit 0 a write, bit 1 O_DIRECT (see native/ioqueue.cc). */
 let kinds = new Uint8Array(64);
 const buffers: Uint8Array[] = [];
 
@@ -97,11 +97,14 @@ function flush(): void {
   }
 }
 
-function submit(fd: number, buf: Uint8Array, offset: number, kind: 0 | 1 | 2): Promise<number> {
+const KIND_WRITE = 1;
+const KIND_DIRECT = 2;
+
+function submit(fd: number, buf: Uint8Array, offset: number, kind: number): Promise<number> {
   queue ??= new native!.IoQueue(MAX_THREADS, complete);
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
-    pending[id] = { buf, write: kind !== 0, resolve, reject };
+    pending[id] = { buf, write: (kind & KIND_WRITE) !== 0, resolve, reject };
     if (count === ids.length) grow();
     ids[count] = id;
     fds[count] = fd;
@@ -145,7 +148,7 @@ export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct =
     const n = native!.preadNowait(fd, buf, offset);
     if (n === buf.byteLength) return Promise.resolve(n);
   }
-  return submit(fd, buf, offset, 0);
+  return submit(fd, buf, offset, direct ? KIND_DIRECT : 0);
 }
 
 /**
@@ -154,5 +157,5 @@ export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct =
  * the device and are not held back.
  */
 export async function queuedWrite(fd: number, buf: Uint8Array, offset: number, direct = false): Promise<void> {
-  await submit(fd, buf, offset, direct ? 2 : 1);
+  await submit(fd, buf, offset, direct ? KIND_WRITE | KIND_DIRECT : KIND_WRITE);
 }
