@@ -1,3 +1,5 @@
+import { alignDown, alignUp } from './limits.js';
+
 /**
  * Tracking of in-flight requests and serialisation of overlapping ones (QEMU's tracked requests).
  *
@@ -13,6 +15,17 @@
 export interface Ticket {
   release(): void;
 }
+
+/** One piece of a serialising request registered by `beginPieces`. */
+export interface Piece {
+  readonly start: number;
+  readonly end: number;
+  readonly ticket: Ticket;
+  /** Resolves when the piece may run; undefined when it may run at once. */
+  readonly ready: Promise<void> | undefined;
+}
+
+const settled = (): void => undefined;
 
 class Entry implements Ticket {
   private waiters: (() => void)[] | undefined;
@@ -77,6 +90,44 @@ export class RequestTracker {
     this.active.add(entry);
     if (serialising) this.serialisingCount++;
     return entry;
+  }
+
+  /**
+   * Registers the serialising request [start, end) (from a granule boundary) as pieces that each wait
+   * only for the earlier requests overlapping them, rather than as one request that waits for
+   * everything overlapping any part of it (QEMU's way). Cuts fall where a conflicting request
+   * begins or ends, widened to whole granules, so no granule is split between pieces: a reader
+   * whose range partly overlaps a copy-on-read in flight copies the clusters nobody else holds at
+   * once and waits only for the shared ones. All pieces are registered before this returns, so
+   * the no-cycle argument above holds for each of them.
+   */
+  beginPieces(start: number, end: number, granule: number): Piece[] {
+    let conflicts: Entry[] | undefined;
+    for (const other of this.active) if (other.start < end && start < other.end) (conflicts ??= []).push(other);
+    if (!conflicts) return [this.piece(start, end, undefined)];
+    const cuts = [start, end];
+    for (const c of conflicts) {
+      // Clamped: the last granule of an image may end short of a multiple of granule.
+      if (c.start > start) cuts.push(Math.max(start, alignDown(c.start, granule)));
+      if (c.end < end) cuts.push(Math.min(end, alignUp(c.end, granule)));
+    }
+    cuts.sort((a, b) => a - b);
+    const pieces: Piece[] = [];
+    for (let i = 1; i < cuts.length; i++) {
+      const a = cuts[i - 1]!;
+      const b = cuts[i]!;
+      if (a === b) continue;
+      const waits = conflicts.filter((c) => c.start < b && a < c.end).map((c) => c.done());
+      pieces.push(this.piece(a, b, waits.length > 0 ? Promise.all(waits).then(settled) : undefined));
+    }
+    return pieces;
+  }
+
+  private piece(start: number, end: number, ready: Promise<void> | undefined): Piece {
+    const ticket = new Entry(this, start, end, true);
+    this.active.add(ticket);
+    this.serialisingCount++;
+    return { start, end, ticket, ready };
   }
 
   /** @internal Called by a ticket's release(); false when it was released already. */
