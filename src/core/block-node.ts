@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { BlockError, isNotSupported, NotSupportedError } from './errors.js';
 import { RequestTracker } from './request-tracker.js';
 import type {
-  BlockDevice, BlockLimits, Capabilities, DetectZeroes, Extent, IoOptions, WriteOptions, ZeroOptions,
+  BlockDevice, BlockLimits, Capabilities, DetectZeroes, DiscardMode, Extent, IoOptions, WriteOptions, ZeroOptions,
 } from './types.js';
 import { isAllZero, zeroBuffer } from './zero-detect.js';
 import { alignDown, alignUp, defaultLimits } from './limits.js';
@@ -38,6 +38,8 @@ export abstract class BlockNode implements BlockDevice {
   readonly readOnly: boolean;
   private readonly growable: boolean;
   detectZeroes: DetectZeroes;
+  /** QEMU's discard=: with 'ignore', discard requests succeed without reaching the driver. */
+  discardMode: DiscardMode = 'unmap';
   limits: BlockLimits = defaultLimits();
   /** Children by role (`file`, `backing`, `data-file`); this node owns and closes them. */
   readonly children = new Map<string, BlockNode>();
@@ -252,7 +254,7 @@ export abstract class BlockNode implements BlockDevice {
   async discard(offset: number, length: number, opts: IoOptions = {}): Promise<void> {
     if (this.resizing) await this.resizing;
     this.checkWritable('discard', offset, length, opts);
-    if (length === 0 || !this._discard) return;
+    if (length === 0 || !this._discard || this.discardMode === 'ignore') return;
     // Discard is advisory: shrink to whole discard blocks and leave partial ones alone.
     const align = Math.max(this.limits.discardAlignment, this.limits.requestAlignment);
     const start = alignUp(offset, align);

@@ -88,3 +88,6 @@ export interface BlockDevice extends AsyncDisposable {
 }
 
 export type DetectZeroes = 'off' | 'on' | 'unmap';
+
+/** QEMU's discard=: discard requests deallocate (unmap) or succeed doing nothing (ignore). */
+export type DiscardMode = 'ignore' | 'unmap';

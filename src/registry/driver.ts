@@ -1,6 +1,6 @@
 import type { BlockNode } from '../core/block-node.js';
 import type { CacheMode } from '../drivers/protocol/file/file-node.js';
-import type { DetectZeroes } from '../core/types.js';
+import type { DetectZeroes, DiscardMode } from '../core/types.js';
 import type { OpenGate } from './open-gate.js';
 
 /** A QEMU `-blockdev`-style node description: `{ driver: 'raw', file: { driver: 'file', filename } }`. */
@@ -16,6 +16,13 @@ export interface OpenOptions {
   /** Host cache mode of the protocol leaves (qemu-io/qemu-img `-t`). */
   cache?: CacheMode;
   detectZeroes?: DetectZeroes;
+  /**
+   * QEMU's discard=: whether discard requests reach the image (unmap) or succeed doing nothing
+   * (ignore). The library's default is unmap; detect-zeroes=unmap requires it.
+   */
+  discard?: DiscardMode;
+  /** Insert a copy-on-read filter above the top image (QEMU's copy-on-read=on, qemu-io -C). */
+  copyOnRead?: boolean;
   locking?: 'auto' | 'on' | 'off';
   /** Who may be opened when an image names another file (backing, data file). */
   gate?: OpenGate;
@@ -102,6 +109,11 @@ export interface DriverDef {
   /** Score for how sure the driver is that `head` (the first bytes) is its format; 0 = not mine. */
   probe?(head: Uint8Array, filename: string): number;
   open(spec: NodeSpec, ctx: OpenContext): Promise<BlockNode>;
+  /**
+   * Filters: builds the filter over a node that is open already, as an open option such as
+   * copy-on-read=on inserts it (`spec` holds the filter's options). Closes `child` if it fails.
+   */
+  insert?(child: BlockNode, spec: NodeSpec): Promise<BlockNode>;
   /** The `-o` options `create` accepts, in the order qemu-img's "Formatting" line shows them. */
   readonly createOptions?: readonly CreateOption[];
   /** Creates a new image; validates its options with one-line EINVAL errors. */

@@ -1,14 +1,25 @@
 import path from 'node:path';
 import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
+import type { DetectZeroes, DiscardMode } from '../core/types.js';
 import type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
 import { checkGate, DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
-import { boolOption, enumOption, unflatten } from './options.js';
+import { boolOption, enumOption, stringOption, unflatten } from './options.js';
 
 /** How much of an image's start the probes see (QEMU reads the same 2 KiB). */
 export const PROBE_BYTES = 2048;
 
-const COMMON_OPTIONS = ['driver', 'node-name', 'read-only', 'detect-zeroes'];
+const COMMON_OPTIONS = ['driver', 'node-name', 'read-only', 'detect-zeroes', 'discard', 'copy-on-read'];
+
+/** bdrv_parse_discard_flags(): QEMU's names for the two discard modes. */
+const DISCARD_MODES: Record<string, DiscardMode> = { ignore: 'ignore', off: 'ignore', unmap: 'unmap', on: 'unmap' };
+
+/** QEMU's check (bdrv_parse_detect_zeroes): punching holes for zeros needs discards to be allowed. */
+function checkDetectZeroes(detect: DetectZeroes | undefined, discard: DiscardMode): void {
+  if (detect === 'unmap' && discard !== 'unmap') {
+    throw new BlockError('EINVAL', 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap', { op: 'open' });
+  }
+}
 
 /**
  * Drivers by name, probing, and `open()`: the only place that turns names and specs into nodes.
@@ -70,9 +81,23 @@ export class Registry {
    * with no format is probed; options apply to the whole graph.
    */
   async open(spec: string | NodeSpec, options: OpenOptions = {}): Promise<BlockNode> {
-    const node = await this.openAt(spec, options, 0, options.format);
+    checkDetectZeroes(options.detectZeroes, options.discard ?? 'unmap');
+    let node = await this.openAt(spec, options, 0, options.format);
+    if (options.copyOnRead) node = await this.insertCopyOnRead(node);
     if (options.detectZeroes) node.detectZeroes = options.detectZeroes;
+    if (options.discard) node.discardMode = options.discard;
     return node;
+  }
+
+  /** QEMU's copy-on-read=on: the copy-on-read filter above the node; refused for read-only nodes, as QEMU does. */
+  private async insertCopyOnRead(node: BlockNode): Promise<BlockNode> {
+    const insert = this.drivers.get('copy-on-read')?.insert;
+    if (!insert || node.readOnly) {
+      await node.close();
+      throw new BlockError(insert ? 'EROFS' : 'ENOTSUP', insert ? "Can't use copy-on-read on read-only device" : 'No copy-on-read filter is registered',
+        { op: 'open', path: node.filename });
+    }
+    return insert(node, { driver: 'copy-on-read' });
   }
 
   private async openAt(spec: string | NodeSpec, options: OpenOptions, depth: number, format: string | undefined): Promise<BlockNode> {
@@ -122,9 +147,14 @@ export class Registry {
     const readOnly = boolOption(spec, 'read-only');
     // Checked before the driver opens anything, so a bad value cannot leak an open node.
     const dz = enumOption(spec, 'detect-zeroes', ['off', 'on', 'unmap'] as const);
+    const discard = discardOption(spec);
+    checkDetectZeroes(dz, discard ?? options.discard ?? 'unmap');
+    const cor = boolOption(spec, 'copy-on-read') ?? false;
     const ctx = this.context(readOnly ? { ...options, readOnly } : options, depth);
-    const node = await driver.open(spec, ctx);
+    let node = await driver.open(spec, ctx);
+    if (cor) node = await this.insertCopyOnRead(node);
     if (dz) node.detectZeroes = dz;
+    if (discard) node.discardMode = discard;
     return node;
   }
 
@@ -157,6 +187,14 @@ export class Registry {
       probeFormat: (head) => this.probe(head),
     };
   }
+}
+
+function discardOption(spec: NodeSpec): DiscardMode | undefined {
+  const text = stringOption(spec, 'discard');
+  if (text === undefined) return undefined;
+  const mode = DISCARD_MODES[text];
+  if (!mode) throw new BlockError('EINVAL', `Invalid discard option: ${text}`, { op: 'open' });
+  return mode;
 }
 
 /** `json:{…}` becomes a spec; anything else is a plain filename. */

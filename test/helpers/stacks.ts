@@ -7,6 +7,7 @@ import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { BlockNode } from '../../src/core/block-node.js';
 import { FilterNode } from '../../src/core/filter-node.js';
 import type { DetectZeroes } from '../../src/core/types.js';
+import { createQcow2 } from '../../src/drivers/format/qcow2/create.js';
 import { RawNode } from '../../src/drivers/format/raw/index.js';
 import { FileNode } from '../../src/drivers/protocol/file/index.js';
 import { MemoryNode } from '../../src/drivers/protocol/memory/index.js';
@@ -242,6 +243,24 @@ export const stacks: readonly Stack[] = [
     { readOnly: o.readOnly, detectZeroes: o.detectZeroes })),
   fileStack('filter-over-raw-file-4k', 4096,
     async (filename, o) => new PassthroughFilter(await open(rawFile4kSpec(filename, {}), { readOnly: o.readOnly }), o)),
+  // A qcow2 image (4 KiB clusters) over an empty qcow2 backing image (64 KiB clusters), read
+  // through copy-on-read: a read of what the suite has not written copies zero clusters.
+  {
+    name: 'copy-on-read-over-qcow2',
+    features: { persistent: true, hostFile: false, punchesHoles: false, discardZeroes: false, alignment: 1 },
+    unavailable: () => undefined,
+    async create(size, opts = {}) {
+      const tmp = await makeTmpDir();
+      const top = tmp.path('top.qcow2');
+      await createQcow2({ filename: tmp.path('base.qcow2'), size, options: { cluster_size: '65536' } });
+      await createQcow2({ filename: top, size, options: { cluster_size: '4096', backing_file: 'base.qcow2', backing_fmt: 'qcow2' } });
+      return instance({
+        tmp, opts,
+        // Read-only opens go without the filter: copy-on-read needs a writable image.
+        openNode: (o) => open(top, { readOnly: o.readOnly, detectZeroes: o.detectZeroes, copyOnRead: !o.readOnly }),
+      });
+    },
+  },
 ];
 
 export function stack(name: string): Stack {

@@ -76,3 +76,25 @@ test('dotted keys nest, in any order and mixed with nested objects', () => {
   assert.deepEqual(unflatten({ driver: 'raw', 'file.cache': 'none', file: 'a.img' }), named);
   assert.deepEqual(unflatten({ 'a.b.c': 1, 'a.b.d': 2, 'a.e': 3 }), { a: { b: { c: 1, d: 2 }, e: 3 } });
 });
+
+test('detect-zeroes=unmap needs discard=unmap, as in QEMU; discard=ignore drops discards', async () => {
+  const message = /^setting detect-zeroes to unmap is not allowed without setting discard operation to unmap$/;
+  await einval(open({ driver: 'memory', size: 8192, 'detect-zeroes': 'unmap', discard: 'ignore' }), message, 'spec');
+  await einval(open({ driver: 'memory', size: 8192, 'detect-zeroes': 'unmap' }, { discard: 'ignore' }), message, 'spec under an ignoring open');
+  await einval(open({ driver: 'memory', size: 8192 }, { detectZeroes: 'unmap', discard: 'ignore' }), message, 'open options');
+  await einval(open({ driver: 'memory', size: 8192, discard: 'sometimes' }), /^Invalid discard option: sometimes$/, 'bad discard');
+  for (const [spec, options] of [[{ discard: 'on' }, {}], [{}, { discard: 'unmap' as const }], [{}, {}]] as const) {
+    await using node = await open({ driver: 'memory', size: 8192, 'detect-zeroes': 'unmap', ...spec }, options);
+    assert.equal(node.detectZeroes, 'unmap');
+    assert.equal(node.discardMode, 'unmap');
+  }
+  for (const [spec, options] of [[{ discard: 'off' }, {}], [{}, { discard: 'ignore' as const }]] as const) {
+    await using node = await open({ driver: 'memory', size: 8192, ...spec }, options);
+    assert.equal(node.discardMode, 'ignore');
+    await node.write(0, new Uint8Array(8192).fill(7));
+    await node.discard(0, 8192);
+    const back = new Uint8Array(8192);
+    await node.read(0, back);
+    assert.ok(back.every((b) => b === 7), 'a discard under discard=ignore deallocated data');
+  }
+});
