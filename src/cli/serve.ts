@@ -33,6 +33,7 @@ Exports images over NBD, taking qemu-nbd's options.
       --aio=MODE            native, io_uring or threads (accepted; vdisk has one I/O path)
       --discard=MODE        ignore (default) or unmap
       --detect-zeroes=MODE  off (default), on or unmap
+      --copy-on-read        copy what clients read from the backing chain into the image
       --object=TYPE,id=ID,… tls-creds-x509 or tls-creds-psk (endpoint=server,dir=DIR)
       --tls-creds=ID        require TLS with the credentials of --object ID
       --pid-file=PATH       write the server's process id to PATH
@@ -50,6 +51,7 @@ const OPTIONS: OptionSpec[] = [
   { short: 'r', long: 'read-only' }, { short: 'f', long: 'format', value: true }, { long: 'image-opts' },
   { long: 'export', value: true, multiple: true }, { short: 'n', long: 'nocache' }, { long: 'cache', value: true },
   { long: 'aio', value: true }, { long: 'discard', value: true }, { long: 'detect-zeroes', value: true },
+  { long: 'copy-on-read' },
   { long: 'object', value: true, multiple: true }, { long: 'tls-creds', value: true },
   { long: 'pid-file', value: true }, { long: 'fork' }, { short: 'v', long: 'verbose' }, { short: 'h', long: 'help' },
 ];
@@ -95,7 +97,7 @@ function exportSettings(p: Parsed): ExportSettings {
   if (aio !== undefined && !['native', 'io_uring', 'threads'].includes(aio)) throw new UsageError(`Invalid aio mode '${aio}'`);
   const cache = hasFlag(p, 'nocache') ? 'none' : lastValue(p, 'cache');
   return {
-    open: { cache: cacheMode(cache), detectZeroes: detect as DetectZeroes },
+    open: { cache: cacheMode(cache), detectZeroes: detect as DetectZeroes, copyOnRead: hasFlag(p, 'copy-on-read') },
     discard,
     allocationDepth: hasFlag(p, 'allocation-depth'),
   };

@@ -11,7 +11,7 @@ import { Session } from './session.js';
 const PROG = 'vdisk io';
 
 /**
- * `vdisk io [-f FMT] [-r] [-t CACHE] [-n] [-d DISCARD] [-U] [-c CMD]... [IMAGE]`: qemu-io.
+ * `vdisk io [-f FMT] [-r] [-t CACHE] [-n] [-d DISCARD] [-C] [-U] [-c CMD]... [IMAGE]`: qemu-io.
  * The image is opened once; the -c commands run in order (or stdin's, with no -c); the exit
  * status is 1 if any command failed, as with qemu-io 7.2.
  */
@@ -79,6 +79,9 @@ async function openImage(opts: IoOptions, cli: CliIo): Promise<BlockNode | null>
     format: opts.format,
     readOnly: opts.readOnly,
     cache: opts.cache,
+    discard: opts.discardMode,
+    copyOnRead: opts.copyOnRead,
+    detectZeroes: opts.detectZeroes,
     // -U shares everything with other users; vdisk's nearest is taking no locks at all.
     locking: opts.forceShare ? 'off' : undefined,
   };

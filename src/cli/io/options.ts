@@ -1,3 +1,4 @@
+import type { DetectZeroes } from '../../core/types.js';
 import type { CacheMode } from '../../drivers/protocol/file/index.js';
 import { hasFlag, lastValue, parseArgs, type OptionSpec } from '../args.js';
 import { UsageError } from '../errors.js';
@@ -12,6 +13,10 @@ export interface IoOptions {
   readOnly: boolean;
   cache: CacheMode | undefined;
   discardMode: 'unmap' | 'ignore';
+  /** -C: the copy-on-read filter above the image. */
+  copyOnRead: boolean;
+  /** --detect-zeroes (vdisk's own; qemu-io takes it only inside --image-opts). */
+  detectZeroes: DetectZeroes | undefined;
   forceShare: boolean;
   /** --timeout (vdisk's own). */
   timeouts: StorageTimeouts;
@@ -33,9 +38,10 @@ const SPECS: OptionSpec[] = [
   { short: 'i', long: 'aio', value: true, multiple: true },
   { long: 'image-opts' },
   TIMEOUT_OPTION,
-  // Refused below with a message: vdisk has no snapshot overlay, copy-on-read option, tracing or objects.
-  { short: 's', long: 'snapshot' },
   { short: 'C', long: 'copy-on-read' },
+  { long: 'detect-zeroes', value: true, multiple: true },
+  // Refused below with a message: vdisk has no snapshot overlay, tracing or objects.
+  { short: 's', long: 'snapshot' },
   { short: 'T', long: 'trace', value: true, multiple: true },
   { long: 'object', value: true, multiple: true },
   { short: 'h', long: 'help' },
@@ -43,7 +49,7 @@ const SPECS: OptionSpec[] = [
 ];
 
 const UNSUPPORTED: [string, string][] = [
-  ['snapshot', '-s (--snapshot)'], ['copy-on-read', '-C (--copy-on-read)'], ['trace', '-T (--trace)'], ['object', '--object'],
+  ['snapshot', '-s (--snapshot)'], ['trace', '-T (--trace)'], ['object', '--object'],
 ];
 
 /** bdrv_parse_cache_mode(): QEMU's names, "off" being an old spelling of "none". */
@@ -53,6 +59,8 @@ const CACHE_MODES: Record<string, CacheMode> = {
 
 /** bdrv_parse_discard_flags(): qemu-io unmaps unless told to ignore discards. */
 const DISCARD_MODES: Record<string, 'unmap' | 'ignore'> = { ignore: 'ignore', off: 'ignore', unmap: 'unmap', on: 'unmap' };
+
+const DETECT_ZEROES: readonly DetectZeroes[] = ['off', 'on', 'unmap'];
 
 /** Parses the command line; a mistake is a UsageError whose message is the whole line. */
 export function parseIoArgs(argv: readonly string[]): IoOptions {
@@ -66,6 +74,10 @@ export function parseIoArgs(argv: readonly string[]): IoOptions {
   const discardText = lastValue(p, 'discard') ?? 'unmap';
   const discardMode = DISCARD_MODES[discardText];
   if (!discardMode) throw new UsageError(`vdisk io: Invalid discard option: ${discardText}`);
+  const detectText = lastValue(p, 'detect-zeroes');
+  if (detectText !== undefined && !DETECT_ZEROES.includes(detectText as DetectZeroes)) {
+    throw new UsageError(`vdisk io: Failed to parse detect_zeroes mode: invalid parameter value: ${detectText}`);
+  }
   const aio = lastValue(p, 'aio');
   if (aio !== undefined && !['threads', 'native', 'io_uring'].includes(aio)) throw new UsageError(`vdisk io: Invalid aio option: ${aio}`);
   const format = lastValue(p, 'format');
@@ -80,6 +92,8 @@ export function parseIoArgs(argv: readonly string[]): IoOptions {
     readOnly: hasFlag(p, 'read-only'),
     cache,
     discardMode,
+    copyOnRead: hasFlag(p, 'copy-on-read'),
+    detectZeroes: detectText as DetectZeroes | undefined,
     forceShare: hasFlag(p, 'force-share'),
     timeouts: storageTimeouts(p),
     help: hasFlag(p, 'help'),
@@ -98,6 +112,8 @@ Run qemu-io commands on a disk image: same command syntax and output as qemu-io.
   -t, --cache=MODE     use the given cache mode for the image
                        (writeback, writethrough, none, directsync, unsafe)
   -d, --discard=MODE   use the given discard mode for the image (unmap, ignore)
+  -C, --copy-on-read   enable copy-on-read (reads copy backing data into the image)
+      --detect-zeroes=MODE  write all-zero data as zero writes (off, on, unmap)
   -U, --force-share    force shared permissions (needs -r; takes no image locks)
       --timeout SECONDS  fail with ETIMEDOUT when storage does not answer in time (default:
                        30 for network protocols, none for local files; 0: no limit)
