@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { formatResults, runBenchmark, type Benchmark, type Result } from './harness.js';
 import { convertBenchmarks } from './convert.bench.js';
+import { copyOnReadBenchmarks } from './copy-on-read.bench.js';
 import { mapBenchmark } from './map.bench.js';
 import { nbdBenchmarks } from './nbd.bench.js';
 import { qemuImgBenchBenchmarks } from './qemu-img-bench.bench.js';
@@ -9,7 +10,7 @@ import { zeroDetectBenchmark } from './zero-detect.bench.js';
 /** `npm run bench [-- NAME-FILTER]`: every benchmark, vdisk and its peer side by side. */
 const filter = process.argv[2];
 // The issue's case (20,000 extents) is dominated by Node's start-up; 200,000 shows the per-extent cost.
-const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark(), ...qemuImgBenchBenchmarks(), ...nbdBenchmarks(), ...convertBenchmarks()];
+const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark(), ...qemuImgBenchBenchmarks(), ...nbdBenchmarks(), ...convertBenchmarks(), ...copyOnReadBenchmarks()];
 
 function have(cmd: string): boolean {
   try {
