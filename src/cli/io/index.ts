@@ -1,4 +1,5 @@
 import type { BlockNode } from '../../core/block-node.js';
+import { namedNode } from '../../drivers/filter/copy-on-read/index.js';
 import type { OpenOptions } from '../../registry/index.js';
 import type { CliIo } from '../context.js';
 import { UsageError } from '../errors.js';
@@ -92,7 +93,7 @@ async function openImage(opts: IoOptions, cli: CliIo): Promise<BlockNode | null>
     cli.stderr.write(`${PROG}: ${where}: ${describeError(err)}\n`);
     return null;
   }
-  if (!opts.format && !opts.imageOpts && !opts.image!.startsWith('json:') && node.driver === 'raw') {
+  if (!opts.format && !opts.imageOpts && !opts.image!.startsWith('json:') && namedNode(node).driver === 'raw') {
     // The raw driver refuses writes that would make sector 0 look like another format.
     cli.stderr.write(`WARNING: Image format was not specified for '${opts.image}' and probing guessed raw.\n`
       + '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n'

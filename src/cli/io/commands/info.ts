@@ -1,5 +1,4 @@
-import type { BlockNode } from '../../../core/block-node.js';
-import { CopyOnReadNode } from '../../../drivers/filter/copy-on-read/index.js';
+import { namedNode } from '../../../drivers/filter/copy-on-read/index.js';
 import { humanSize } from '../../sizes.js';
 import { imageOf, OK, type CommandDef, type Context, type Status } from '../command.js';
 
@@ -29,7 +28,8 @@ export const infoCommand: CommandDef = {
  * neither), then the format-specific facts the way qemu-img's human output lays them out.
  */
 async function info(ctx: Context): Promise<Status> {
-  const node = described(imageOf(ctx));
+  // qemu-io -C has no filter node in QEMU 7.2: info describes the image.
+  const node = namedNode(imageOf(ctx));
   const specific = node.formatSpecific();
   const number = (key: string) => (typeof specific?.[key] === 'number' ? specific[key] as number : 0);
   ctx.print(`format name: ${node.driver}\n`);
@@ -41,11 +41,6 @@ async function info(ctx: Context): Promise<Status> {
     ctx.print(dumpValue(Object.fromEntries(rest), 1));
   }
   return OK;
-}
-
-/** qemu-io -C adds no node in QEMU 7.2 (the block layer copies), so info describes the image under ours. */
-function described(node: BlockNode): BlockNode {
-  return node instanceof CopyOnReadNode && node.implicit ? node.child : node;
 }
 
 /** QEMU's dump_qobject(): "key: value" with '-' in keys read as spaces, nesting indented by 4. */

@@ -208,6 +208,14 @@ export class CopyOnReadNode extends FilterNode {
   }
 }
 
+/**
+ * The node a user opened: the one below a copy-on-read filter that an open option inserted
+ * (QEMU 7.2's copy-on-read=on adds no node, so tools describe the image itself).
+ */
+export function namedNode(node: BlockNode): BlockNode {
+  return node instanceof CopyOnReadNode && node.implicit ? node.child : node;
+}
+
 /** Zeroes the parts of `buf` (holding `chunk`) that no read fills: they read as zeros below. */
 function fillGaps(buf: Uint8Array, chunk: Span, reads: readonly Span[]): void {
   for (const g of gaps(chunk, reads)) buf.fill(0, g.start - chunk.start, g.end - chunk.start);

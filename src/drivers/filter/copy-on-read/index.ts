@@ -5,7 +5,7 @@ import { enumOption, stringOption } from '../../../registry/options.js';
 import { bottomDepth } from './bottom.js';
 import { CopyOnReadNode, type Serialise } from './copy-on-read-node.js';
 
-export { CopyOnReadNode, type CopyOnReadOptions, type Serialise } from './copy-on-read-node.js';
+export { CopyOnReadNode, namedNode, type CopyOnReadOptions, type Serialise } from './copy-on-read-node.js';
 
 /** Builds the filter over an open node; the node is closed again if the options are refused. */
 async function build(child: BlockNode, spec: NodeSpec, implicit: boolean): Promise<CopyOnReadNode> {
