@@ -6,10 +6,9 @@ import { parseFilename, registry, type NodeSpec } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { runCliJob } from './job-run.js';
+import { parseRate, runCliJob } from './job-run.js';
 import { IMAGE_OPTIONS, openImage, outputFormat, parseImageOpts } from './open-image.js';
 import { QemuProgress } from './progress.js';
-import { qemuStrtosz } from './sizes.js';
 
 const HELP = `usage: vdisk commit [-f FMT | --image-opts] [-t CACHE] [-b BASE] [-r RATE] [-d] [-p] [-q]
        [--output=human|json] IMAGE
@@ -31,7 +30,7 @@ export async function commit(argv: string[], io: CliIo): Promise<number> {
     { long: 'output', value: true }, { short: 'h', long: 'help' },
   ], 'vdisk commit');
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
-  const rateLimit = rate(lastValue(p, 'r'));
+  const rateLimit = parseRate(lastValue(p, 'r'));
   const output = outputFormat(p);
   const quiet = hasFlag(p, 'q');
   if (p.positionals.length !== 1) throw new UsageError('Expecting one image file name');
@@ -54,17 +53,6 @@ export async function commit(argv: string[], io: CliIo): Promise<number> {
   }
   if (!quiet && output === 'human') print(io, 'Image committed.');
   return 0;
-}
-
-/** -r: qemu-img's cvtnum("rate limit"), in one line. */
-function rate(text: string | undefined): number {
-  if (text === undefined) return 0;
-  const r = qemuStrtosz(text);
-  if (!r.ok && r.error === 'EINVAL') {
-    throw new UsageError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
-  }
-  if (!r.ok || r.value > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError('Invalid rate limit specified. Must be between 0 and 9223372036854775807.');
-  return Number(r.value);
 }
 
 interface CommitNodes {

@@ -1,6 +1,8 @@
 import { jobInfo } from '../jobs/job-info.js';
 import type { Job } from '../jobs/job.js';
 import type { CliIo } from './context.js';
+import { UsageError } from './errors.js';
+import { qemuStrtosz } from './sizes.js';
 
 export interface JobReport {
   /** QMP's job type for --output=json (commit, stream …). */
@@ -40,13 +42,29 @@ async function reportHuman(job: Job<unknown>, progress: JobReport['progress']): 
  * error if it failed.
  */
 async function reportJson(job: Job<unknown>, io: CliIo, report: JobReport): Promise<void> {
-  const line = () => io.stdout.write(JSON.stringify(jobInfo(job, report.type)) + '\n');
+  // A progress line shows the figures of its own event: the job may have moved on since.
+  const line = (progress?: { done: number; total: number }) => {
+    const info = jobInfo(job, report.type);
+    if (progress) [info['current-progress'], info['total-progress']] = [progress.done, progress.total];
+    io.stdout.write(JSON.stringify(info) + '\n');
+  };
   let percent = 0;
   for await (const e of job.events()) {
     if (e.type === 'state' && (!report.quiet || e.state === 'concluded')) line();
     if (e.type === 'progress' && !report.quiet && e.total > 0 && Math.floor((100 * e.done) / e.total) > percent) {
       percent = Math.floor((100 * e.done) / e.total);
-      line();
+      line(e);
     }
   }
+}
+
+/** A job's -r RATE: qemu-img's cvtnum("rate limit"), bytes per second (0: no limit), in one line. */
+export function parseRate(text: string | undefined): number {
+  if (text === undefined) return 0;
+  const r = qemuStrtosz(text);
+  if (!r.ok && r.error === 'EINVAL') {
+    throw new UsageError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
+  }
+  if (!r.ok || r.value > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError('Invalid rate limit specified. Must be between 0 and 9223372036854775807.');
+  return Number(r.value);
 }

@@ -68,8 +68,14 @@ export class MetadataWriteback {
       await Promise.allSettled([...this.inPlaceWrites]);
       const freed = await refcounts.applyFrees();
       await file.flush();
-      for (const index of freed) {
-        if ((index + 1) * clusterSize <= file.size) await file.discard(index * clusterSize, clusterSize);
+      // One discard per run of neighbouring clusters: emptying a whole image frees thousands.
+      freed.sort((a, b) => a - b);
+      for (let i = 0; i < freed.length;) {
+        let j = i + 1;
+        while (j < freed.length && freed[j] === freed[j - 1]! + 1) j++;
+        const end = Math.min((freed[j - 1]! + 1) * clusterSize, file.size - (file.size % clusterSize));
+        if (end > freed[i]! * clusterSize) await file.discard(freed[i]! * clusterSize, end - freed[i]! * clusterSize);
+        i = j;
       }
     }
     await file.flush();
