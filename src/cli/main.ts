@@ -19,6 +19,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   rebase: { summary: 'change the backing file of an image (qemu-img rebase)', load: async () => (await import('./rebase.js')).rebase },
   resize: { summary: 'change the virtual size of an image (qemu-img resize)', load: async () => (await import('./resize.js')).resize },
   serve: { summary: 'export images over NBD (qemu-nbd)', load: async () => (await import('./serve.js')).serve },
+  stream: { summary: 'copy the backing files\' data into an image and drop the link (block-stream)', load: async () => (await import('./stream.js')).stream },
 };
 
 function usage(): string {

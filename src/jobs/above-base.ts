@@ -1,6 +1,7 @@
 import type { BlockNode } from '../core/block-node.js';
 import { FilterNode } from '../core/filter-node.js';
 import type { Extent, IoOptions } from '../core/types.js';
+import { backingChain } from './backing-chain.js';
 import type { RateLimit } from './rate-limit.js';
 
 /**
@@ -9,13 +10,20 @@ import type { RateLimit } from './rate-limit.js';
  * Block status shows a range some of those layers allocate (data or an explicit zero) as the
  * image's own (depth 0), and everything else as left to the backing file (depth 1), which is
  * how the engine tells what to copy into a target that has a backing file (convert -B).
+ * A layer above the base that is shorter than its backing file reads zeros past its end, which
+ * hide what the base holds there: those zeros are the image's own too, as QEMU commits them.
  * Reads pass through, paced by the rate limit.
  */
 export class AboveBaseView extends FilterNode {
   readonly driver = 'above-base';
 
+  /** Whether the walk of block status, stopping at depth d, stopped above the base at a layer's end. */
+  private readonly shortLayer: boolean[];
+
   constructor(child: BlockNode, private readonly layers: number, private readonly rate?: RateLimit) {
     super(child, { readOnly: true });
+    // A chain cut just above the base ends without a backing file there: nothing is short.
+    this.shortLayer = backingChain(child).slice(0, layers).map((node) => node.backing !== undefined);
   }
 
   protected override async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
@@ -27,11 +35,11 @@ export class AboveBaseView extends FilterNode {
     const list = await this.child.blockStatusList(offset, maxLength, opts);
     const out: Extent[] = [];
     for (const e of list) {
-      const mine = e.present && e.depth < this.layers;
       const last = out[out.length - 1];
-      const view: Extent = mine
-        ? { offset: e.offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 }
-        : { offset: e.offset, length: e.length, data: false, zero: false, present: false, depth: 1 };
+      let view: Extent;
+      if (e.present && e.depth < this.layers) view = { offset: e.offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
+      else if (!e.present && this.shortLayer[e.depth]) view = { offset: e.offset, length: e.length, data: false, zero: true, present: true, depth: 0 };
+      else view = { offset: e.offset, length: e.length, data: false, zero: false, present: false, depth: 1 };
       // Neighbours alike after the relabelling are one run (fewer, larger copy requests).
       if (last && last.depth === view.depth && last.data === view.data && last.zero === view.zero) last.length += e.length;
       else out.push(view);

@@ -129,6 +129,16 @@ describe('vdisk commit against qemu-img commit', () => {
     await assertChecks(mid);
   });
 
+  it('a layer between shorter than its backing file: its zeros past the end are committed, as qemu-img commits them', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io')) return;
+    const dirs = await triplets();
+    // mid ends at 5 MiB: the top reads zeros from there on, where the base holds data at 6 MiB.
+    for (const d of [dirs.orig, dirs.qemu, dirs.ours]) await runOk('qemu-img', ['resize', '-q', '--shrink', path.join(d, 'mid.qcow2'), '5M']);
+    await both(dirs, ['-q', '-b', 'base.qcow2']);
+    await assertSameContent(path.join(dirs.ours, 'base.qcow2'), path.join(dirs.orig, 'top.qcow2'));
+    await assertSameContent(path.join(dirs.ours, 'base.qcow2'), path.join(dirs.qemu, 'base.qcow2'));
+  });
+
   it('a v2 top is emptied too (no zero flag: its clusters are freed)', async (t) => {
     if (!needTools(t, 'qemu-img', 'qemu-io')) return;
     const dirs = await triplets({ topCompat: '0.10' });
