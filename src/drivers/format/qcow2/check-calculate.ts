@@ -145,7 +145,7 @@ class ReferenceWalk {
     if (l2Offset >= ctx.t.file.size) return;
     const table = await ctx.readL2(l2Offset);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const view: EntryView = { dv, extendedL2: this.extended, hasDataFile: this.dataFile, clusterBits: ctx.t.header.clusterBits };
+    const view: EntryView = { dv, extendedL2: this.extended, hasDataFile: this.dataFile, clusterBits: ctx.t.header.clusterBits, clusterSize: 2 ** ctx.t.header.clusterBits };
     // The repairs of this table are made before the walk that reports them (see fixByZero); the
     // walk reads `table`, which still holds the entries as they were.
     const zeroed = this.fix === 'all' ? await this.fixByZero(table, l2Offset, active) : undefined;

@@ -40,5 +40,6 @@ export function entryView(g: Qcow2Geometry, table: Uint8Array): EntryView {
     extendedL2: g.extendedL2,
     hasDataFile: g.hasDataFile,
     clusterBits: g.clusterBits,
+    clusterSize: g.clusterSize,
   };
 }

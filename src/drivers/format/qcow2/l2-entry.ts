@@ -21,6 +21,8 @@ export interface EntryView {
   extendedL2: boolean;
   hasDataFile: boolean;
   clusterBits: number;
+  /** 2 ** clusterBits as a number: `2 ** bits` in the per-entry path is a pow() call. */
+  clusterSize: number;
 }
 
 export interface Decoded {
@@ -55,7 +57,7 @@ export function decode(v: EntryView, index: number, sub: number): Decoded {
   if (!v.extendedL2) {
     if (lo & 1) return { sub: host ? Sub.ZeroAlloc : Sub.ZeroPlain, hostCluster: host, invalid, copied };
     if (host === 0 && !(v.hasDataFile && copied)) return { sub: Sub.UnallocatedPlain, hostCluster: 0, invalid, copied };
-    if (host % 2 ** v.clusterBits !== 0) invalid ??= `host offset 0x${host.toString(16)} is not cluster-aligned`;
+    if (host % v.clusterSize !== 0) invalid ??= `host offset 0x${host.toString(16)} is not cluster-aligned`;
     return { sub: Sub.Normal, hostCluster: host, invalid, copied };
   }
   if (lo & 1) invalid ??= 'ZERO flag set in an extended L2 entry';
@@ -69,7 +71,7 @@ export function decode(v: EntryView, index: number, sub: number): Decoded {
     return { sub: zero ? Sub.ZeroPlain : Sub.UnallocatedPlain, hostCluster: 0, invalid, copied };
   }
   if ((allocBits & zeroBits) !== 0) invalid ??= 'subcluster both allocated and zero';
-  if (host % 2 ** v.clusterBits !== 0) invalid ??= `host offset 0x${host.toString(16)} is not cluster-aligned`;
+  if (host % v.clusterSize !== 0) invalid ??= `host offset 0x${host.toString(16)} is not cluster-aligned`;
   const type = zero ? Sub.ZeroAlloc : alloc ? Sub.Normal : Sub.UnallocatedAlloc;
   return { sub: type, hostCluster: host, invalid, copied };
 }
