@@ -25,6 +25,7 @@ import { mountLoopFs } from '../../../helpers/loop-fs.js';
 import { needNative } from '../../../helpers/native.js';
 import { needTools, run, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
+import { uniformInt } from '../../../helpers/uniform-int.js';
 import { cmdArgs, Rng } from '../../../helpers/workload.js';
 
 const KiB = 1024;
@@ -71,9 +72,7 @@ type Between = { op: 'flush' } | { op: 'zero' | 'zero-unmap' | 'discard'; offset
  */
 function workload(seed: number): (Write[] | Between)[] {
   const r = new Rng(seed);
-  // One 32-bit draw: Rng.int's two draws exceed a double's 53 bits, and the low bits it loses
-  // make spans with large powers of two in them (384 clusters) come out as a few values only.
-  const rng = { int: (lo: number, hi: number) => lo + (r.next() % (hi - lo + 1)) };
+  const rng = { int: (lo: number, hi: number) => uniformInt(r, lo, hi) };
   const out: (Write[] | Between)[] = [];
   let left = WRITES;
   while (left > 0) {
