@@ -28,7 +28,8 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 
 export class CrashDisk extends BlockNode {
   readonly driver = 'crash-disk';
-  readonly events: CrashEvent[] = [];
+  /** Every change, flush and mark, in order (`events` is BlockNode's debug-event emitter). */
+  readonly log: CrashEvent[] = [];
   private bytes: Uint8Array;
   private readonly initial: Uint8Array;
   private flushes = 0;
@@ -55,12 +56,12 @@ export class CrashDisk extends BlockNode {
   }
 
   mark(label: string): void {
-    this.events.push({ t: 'mark', label });
+    this.log.push({ t: 'mark', label });
   }
 
   /** Changes of one kind so far (e.g. allocate zero writes). */
   count(pred: (c: Change) => boolean): number {
-    return this.events.filter((e) => e.t === 'start' && pred(e.change)).length;
+    return this.log.filter((e) => e.t === 'start' && pred(e.change)).length;
   }
 
   protected async _read(offset: number, into: Uint8Array): Promise<void> {
@@ -86,9 +87,9 @@ export class CrashDisk extends BlockNode {
 
   protected override async _flush(): Promise<void> {
     const id = ++this.flushes;
-    this.events.push({ t: 'flush-start', id });
+    this.log.push({ t: 'flush-start', id });
     await this.wait();
-    this.events.push({ t: 'flush-end', id });
+    this.log.push({ t: 'flush-end', id });
   }
 
   /** Flushes pass no change. */
@@ -97,10 +98,10 @@ export class CrashDisk extends BlockNode {
   }
 
   private async change(c: Change): Promise<void> {
-    this.events.push({ t: 'start', change: c });
+    this.log.push({ t: 'start', change: c });
     await this.wait(c);
     this.bytes = apply(this.bytes, c);
-    this.events.push({ t: 'end', change: c });
+    this.log.push({ t: 'end', change: c });
   }
 
   /**
@@ -112,14 +113,14 @@ export class CrashDisk extends BlockNode {
     let durableBefore = 0;
     const flushStart = new Map<number, number>();
     for (let i = 0; i <= at; i++) {
-      const e = this.events[i]!;
+      const e = this.log[i]!;
       if (e.t === 'flush-start') flushStart.set(e.id, i);
       if (e.t === 'flush-end') durableBefore = flushStart.get(e.id)!;
     }
     const ended = new Set<Change>();
     const order: Change[] = [];
     for (let i = 0; i <= at; i++) {
-      const e = this.events[i]!;
+      const e = this.log[i]!;
       if (e.t === 'end') {
         ended.add(e.change);
         order.push(e.change);
@@ -127,14 +128,14 @@ export class CrashDisk extends BlockNode {
     }
     const durable = new Set<Change>();
     for (let i = 0; i < durableBefore; i++) {
-      const e = this.events[i]!;
+      const e = this.log[i]!;
       if (e.t === 'end') durable.add(e.change);
     }
     for (let i = 0; i <= at; i++) {
-      const e = this.events[i]!;
+      const e = this.log[i]!;
       if (e.t === 'start' && !ended.has(e.change)) order.push(e.change);
     }
-    let disk = this.initial.slice();
+    let disk: Uint8Array = this.initial.slice();
     for (const c of order) if (durable.has(c) || rng.next() % 2 === 0) disk = apply(disk, c);
     return disk;
   }

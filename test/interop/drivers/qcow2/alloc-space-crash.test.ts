@@ -175,12 +175,12 @@ async function runConfig(t: TestContext, name: string, withBacking: boolean, see
 
   // Crash points: after every flush of the disk, and at random events.
   const points = new Set<number>();
-  disk.events.forEach((e, i) => e.t === 'flush-end' && points.add(i));
+  disk.log.forEach((e, i) => e.t === 'flush-end' && points.add(i));
   const pick = new Rng(seed + 1);
-  for (let i = 0; i < RANDOM_POINTS; i++) points.add(uniformInt(pick, 0, disk.events.length - 1));
+  for (let i = 0; i < RANDOM_POINTS; i++) points.add(uniformInt(pick, 0, disk.log.length - 1));
   let judged = 0;
   for (const at of [...points].sort((a, b) => a - b)) {
-    await judge(disk, at, pick, model, dir, `${name}, crash after event ${at} of ${disk.events.length} (seed ${seed})`);
+    await judge(disk, at, pick, model, dir, `${name}, crash after event ${at} of ${disk.log.length} (seed ${seed})`);
     judged++;
   }
   t.diagnostic(`${name}: ${requests} requests, ${allocating} allocate zero writes, ${judged} crash images judged`);
@@ -201,7 +201,7 @@ function checkOrder(disk: CrashDisk, name: string): void {
     const l2 = Number(dv.getBigUint64(l1 + 8 * i) & 0x00fffffffffffe00n);
     if (l2) tables.add(l2);
   }
-  const ev = disk.events;
+  const ev = disk.log;
   ev.forEach((e, i) => {
     if (e.t !== 'end' || e.change.kind !== 'zero' || !e.change.allocate) return;
     let flushed = false;
@@ -237,7 +237,7 @@ async function judge(disk: CrashDisk, at: number, rng: Rng, model: SlotModel, di
   // Requests acknowledged before a guest flush began that itself ended by this point are durable.
   const marks = new Map<string, number>();
   for (let i = 0; i <= at; i++) {
-    const e = disk.events[i]!;
+    const e = disk.log[i]!;
     if (e.t === 'mark') marks.set(e.label, i);
   }
   let durableBefore = -1;
