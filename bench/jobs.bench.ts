@@ -26,71 +26,89 @@ export function jobBenchmarks(rounds = 3): Benchmark[] {
   return [streamBenchmark(rounds), commitBenchmark(rounds)];
 }
 
-/** A scratch directory of its own for each benchmark, made by its setup and removed by its teardown. */
-function scratch(): { file(name: string): string; qcow2(name: string, backing?: string): Promise<string>; make(): Promise<void>; remove(): Promise<void> } {
+/** The fresh copies on disk before the clock starts, so that neither tool pays for writing them back. */
+function settle(...files: string[]): Promise<string> {
+  return commandOutput('sync', files);
+}
+
+interface Scratch {
+  file(name: string): string;
+  /** A 4 GiB qcow2 image, with a backing file if named. */
+  qcow2(name: string, backing?: string): Promise<string>;
+}
+
+/**
+ * One job against its peer in a scratch directory of its own, made by the setup and removed by
+ * the teardown; `prepare` makes the fresh copies each run works on, before the clock starts.
+ */
+function jobBenchmark(rounds: number, o: {
+  name: string;
+  build(s: Scratch): Promise<void>;
+  prepare(s: Scratch): Promise<void>;
+  vdisk: { name: string; args(s: Scratch): string[] };
+  peer: { name: string; args(s: Scratch): string[] };
+}): Benchmark {
   let dir = '';
-  const file = (name: string) => path.join(dir, name);
+  const s: Scratch = {
+    file: (name) => path.join(dir, name),
+    qcow2: (name, backing) => commandOutput('qemu-img', ['create', '-q', '-f', 'qcow2', ...(backing ? ['-b', backing, '-F', 'qcow2'] : []), s.file(name), '4G']),
+  };
+  const timed = (cmd: string, args: string[]) => async () => {
+    await o.prepare(s);
+    const t = await timeCommand(cmd, args);
+    await fsp.rm(s.file('work.qcow2'), { force: true });
+    return t;
+  };
   return {
-    file,
-    qcow2: (name, backing) => commandOutput('qemu-img', ['create', '-q', '-f', 'qcow2', ...(backing ? ['-b', backing, '-F', 'qcow2'] : []), file(name), '4G']),
-    make: async () => {
+    name: o.name,
+    goal: { max: 0.8 },
+    unit: 's',
+    rounds,
+    setup: async () => {
       dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vdisk-bench-jobs-'));
+      await o.build(s);
     },
-    remove: () => fsp.rm(dir, { recursive: true, force: true }),
+    teardown: () => fsp.rm(dir, { recursive: true, force: true }),
+    vdisk: { name: o.vdisk.name, run: () => timed(process.execPath, [VDISK, ...o.vdisk.args(s)])() },
+    peer: { name: o.peer.name, run: () => timed('qemu-img', o.peer.args(s))() },
   };
 }
 
 /** The overlay (64 MiB of its own) streamed whole from a base holding the 1 GiB, on a fresh copy each time. */
 function streamBenchmark(rounds: number): Benchmark {
-  const s = scratch();
-  const timed = (cmd: string, args: string[]) => async () => {
-    await fsp.copyFile(s.file('top.qcow2'), s.file('work.qcow2'));
-    const t = await timeCommand(cmd, args);
-    await fsp.rm(s.file('work.qcow2'), { force: true });
-    return t;
-  };
-  return {
+  return jobBenchmark(rounds, {
     name: "stream 4 GiB chain, 1 GiB of backing data, against qemu-img rebase -b ''",
-    goal: { max: 0.8 },
-    unit: 's',
-    rounds,
-    setup: async () => {
-      await s.make();
+    build: async (s) => {
       await s.qcow2('base.qcow2');
       await commandOutput('qemu-io', ['-f', 'qcow2', ...runs(512, 0, 0x5a), s.file('base.qcow2')]);
       await s.qcow2('top.qcow2', 'base.qcow2');
       await commandOutput('qemu-io', ['-f', 'qcow2', ...runs(32, 4 * MiB, 0x6b), s.file('top.qcow2')]);
     },
-    teardown: s.remove,
-    vdisk: { name: 'vdisk stream', run: () => timed(process.execPath, [VDISK, 'stream', s.file('work.qcow2')])() },
-    peer: { name: "qemu-img rebase -b ''", run: () => timed('qemu-img', ['rebase', '-q', '-b', '', s.file('work.qcow2')])() },
-  };
+    prepare: async (s) => {
+      await fsp.copyFile(s.file('top.qcow2'), s.file('work.qcow2'));
+      await settle(s.file('work.qcow2'));
+    },
+    vdisk: { name: 'vdisk stream', args: (s) => ['stream', s.file('work.qcow2')] },
+    peer: { name: "qemu-img rebase -b ''", args: (s) => ['rebase', '-q', '-b', '', s.file('work.qcow2')] },
+  });
 }
 
 /** The overlay holding the 1 GiB committed into an empty base and emptied, on fresh copies each time. */
 function commitBenchmark(rounds: number): Benchmark {
-  const s = scratch();
-  const timed = (cmd: string, args: string[]) => async () => {
-    await fsp.rm(s.file('base.qcow2'), { force: true });
-    await s.qcow2('base.qcow2');
-    await commandOutput('cp', ['--sparse=always', s.file('top.orig'), s.file('work.qcow2')]);
-    const t = await timeCommand(cmd, args);
-    await fsp.rm(s.file('work.qcow2'), { force: true });
-    return t;
-  };
-  return {
+  return jobBenchmark(rounds, {
     name: 'commit 4 GiB chain, 1 GiB of data, against qemu-img commit',
-    goal: { max: 0.8 },
-    unit: 's',
-    rounds,
-    setup: async () => {
-      await s.make();
+    build: async (s) => {
       await s.qcow2('base.qcow2');
       await s.qcow2('top.orig', 'base.qcow2');
       await commandOutput('qemu-io', ['-f', 'qcow2', ...runs(512, 4 * MiB, 0x7c), s.file('top.orig')]);
     },
-    teardown: s.remove,
-    vdisk: { name: 'vdisk commit', run: () => timed(process.execPath, [VDISK, 'commit', '-q', s.file('work.qcow2')])() },
-    peer: { name: 'qemu-img commit', run: () => timed('qemu-img', ['commit', '-q', s.file('work.qcow2')])() },
-  };
+    prepare: async (s) => {
+      await fsp.rm(s.file('base.qcow2'), { force: true });
+      await s.qcow2('base.qcow2');
+      await commandOutput('cp', ['--sparse=always', s.file('top.orig'), s.file('work.qcow2')]);
+      await settle(s.file('base.qcow2'), s.file('work.qcow2'));
+    },
+    vdisk: { name: 'vdisk commit', args: (s) => ['commit', '-q', s.file('work.qcow2')] },
+    peer: { name: 'qemu-img commit', args: (s) => ['commit', '-q', s.file('work.qcow2')] },
+  });
 }

@@ -3,11 +3,10 @@ import { BlockError } from '../core/errors.js';
 import { backingChain, findBackingImage } from '../jobs/backing-chain.js';
 import { CommitJob } from '../jobs/commit-job.js';
 import { parseFilename, registry, type NodeSpec } from '../registry/index.js';
-import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
+import { hasFlag, lastValue, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
-import { UsageError } from './errors.js';
-import { parseRate, runCliJob } from './job-run.js';
-import { IMAGE_OPTIONS, openImage, outputFormat, parseImageOpts } from './open-image.js';
+import { parseJobArgs, runCliJob } from './job-run.js';
+import { openImage, parseImageOpts } from './open-image.js';
 import { QemuProgress } from './progress.js';
 
 const HELP = `usage: vdisk commit [-f FMT | --image-opts] [-t CACHE] [-b BASE] [-r RATE] [-d] [-p] [-q]
@@ -25,25 +24,18 @@ zeros) become zero clusters or holes in the backing file, never zero-filled data
             query-jobs names: id, type, status, current-progress, total-progress, error)`;
 
 export async function commit(argv: string[], io: CliIo): Promise<number> {
-  const p = parseArgs(argv, [
-    ...IMAGE_OPTIONS, { short: 'b', value: true }, { short: 'd' }, { short: 'p' }, { short: 'q' }, { short: 'r', value: true },
-    { long: 'output', value: true }, { short: 'h', long: 'help' },
-  ], 'vdisk commit');
-  if (hasFlag(p, 'help')) return print(io, HELP), 0;
-  const rateLimit = parseRate(lastValue(p, 'r'));
-  const output = outputFormat(p);
-  const quiet = hasFlag(p, 'q');
-  if (p.positionals.length !== 1) throw new UsageError('Expecting one image file name');
-  const image = p.positionals[0]!;
+  const a = parseJobArgs(argv, [{ short: 'b', value: true }, { short: 'd' }], 'vdisk commit');
+  if (a === 'help') return print(io, HELP), 0;
+  const { parsed: p, image, output, quiet } = a;
   const baseName = lastValue(p, 'b');
   // -b implies -d: with the images between left behind, only a full top reads right.
   const keepTop = hasFlag(p, 'd') || baseName !== undefined;
 
   const { top, base, layers } = await openForCommit(p, image, baseName);
-  const progress = new QemuProgress(hasFlag(p, 'p') && !quiet && output === 'human' ? io.stdout : undefined, 1);
+  const progress = new QemuProgress(a.progress ? io.stdout : undefined, 1);
   try {
     progress.print(0, 100);
-    const job = new CommitJob({ top, base, layers, keepTop, rateLimit });
+    const job = new CommitJob({ top, base, layers, keepTop, rateLimit: a.rateLimit });
     await runCliJob(job, io, { type: 'commit', output, quiet, progress: (percent) => progress.print(percent, 0) });
     progress.print(100, 0);
   } finally {

@@ -1,7 +1,9 @@
 import { jobInfo } from '../jobs/job-info.js';
 import type { Job } from '../jobs/job.js';
+import { hasFlag, lastValue, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import type { CliIo } from './context.js';
 import { UsageError } from './errors.js';
+import { IMAGE_OPTIONS, outputFormat } from './open-image.js';
 import { qemuStrtosz } from './sizes.js';
 
 export interface JobReport {
@@ -67,4 +69,29 @@ export function parseRate(text: string | undefined): number {
   }
   if (!r.ok || r.value > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError('Invalid rate limit specified. Must be between 0 and 9223372036854775807.');
   return Number(r.value);
+}
+
+/** What every job command takes: IMAGE, how to open it, -p, -q, -r RATE and --output. */
+export interface JobArgs {
+  parsed: Parsed;
+  image: string;
+  rateLimit: number;
+  output: 'human' | 'json';
+  quiet: boolean;
+  /** -p without -q, for human output. */
+  progress: boolean;
+}
+
+/** Parses a job command's arguments: the common ones plus `extra`; 'help' for -h. */
+export function parseJobArgs(argv: readonly string[], extra: readonly OptionSpec[], command: string): JobArgs | 'help' {
+  const p = parseArgs(argv, [
+    ...IMAGE_OPTIONS, ...extra, { short: 'p' }, { short: 'q' }, { short: 'r', value: true },
+    { long: 'output', value: true }, { short: 'h', long: 'help' },
+  ], command);
+  if (hasFlag(p, 'help')) return 'help';
+  const rateLimit = parseRate(lastValue(p, 'r'));
+  const output = outputFormat(p);
+  const quiet = hasFlag(p, 'q');
+  if (p.positionals.length !== 1) throw new UsageError('Expecting one image file name');
+  return { parsed: p, image: p.positionals[0]!, rateLimit, output, quiet, progress: hasFlag(p, 'p') && !quiet && output === 'human' };
 }

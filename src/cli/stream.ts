@@ -1,11 +1,10 @@
 import { BlockError } from '../core/errors.js';
 import { backingChain, findBackingImage, linkName } from '../jobs/backing-chain.js';
 import { StreamJob } from '../jobs/stream-job.js';
-import { hasFlag, lastValue, parseArgs } from './args.js';
+import { lastValue } from './args.js';
 import { print, type CliIo } from './context.js';
-import { UsageError } from './errors.js';
-import { parseRate, runCliJob } from './job-run.js';
-import { IMAGE_OPTIONS, openImage, outputFormat } from './open-image.js';
+import { parseJobArgs, runCliJob } from './job-run.js';
+import { openImage } from './open-image.js';
 import { ProgressBar } from './progress-bar.js';
 import { QemuProgress } from './progress.js';
 
@@ -23,16 +22,9 @@ IMAGE lacks is written, in whole clusters, all-zero clusters as zero clusters.
                names: id, type, status, current-progress, total-progress, error)`;
 
 export async function stream(argv: string[], io: CliIo): Promise<number> {
-  const p = parseArgs(argv, [
-    ...IMAGE_OPTIONS, { long: 'base', value: true }, { short: 'p' }, { short: 'q' }, { short: 'r', value: true },
-    { long: 'output', value: true }, { short: 'h', long: 'help' },
-  ], 'vdisk stream');
-  if (hasFlag(p, 'help')) return print(io, HELP), 0;
-  const rateLimit = parseRate(lastValue(p, 'r'));
-  const output = outputFormat(p);
-  const quiet = hasFlag(p, 'q');
-  if (p.positionals.length !== 1) throw new UsageError('Expecting one image file name');
-  const image = p.positionals[0]!;
+  const a = parseJobArgs(argv, [{ long: 'base', value: true }], 'vdisk stream');
+  if (a === 'help') return print(io, HELP), 0;
+  const { parsed: p, image, output, quiet } = a;
   const baseName = lastValue(p, 'base');
 
   await using top = await openImage(p, image, { readOnly: false });
@@ -47,9 +39,9 @@ export async function stream(argv: string[], io: CliIo): Promise<number> {
     name: linkName(top, chain[index - 1]!, chain[index]!),
     format: chain[index]!.driver,
   };
-  const job = new StreamJob({ image: top, layers: baseName === undefined ? index : index - 1, base, rateLimit });
+  const job = new StreamJob({ image: top, layers: baseName === undefined ? index : index - 1, base, rateLimit: a.rateLimit });
 
-  const wanted = hasFlag(p, 'p') && !quiet && output === 'human';
+  const wanted = a.progress;
   const tty = (io.stdout as NodeJS.WriteStream).isTTY === true;
   const bar = wanted && tty ? new ProgressBar(io.stdout) : undefined;
   const lines = new QemuProgress(wanted && !tty ? io.stdout : undefined, 1);

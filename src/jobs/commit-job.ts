@@ -20,7 +20,7 @@ export interface CommitOptions extends JobOptions {
   keepTop?: boolean;
   /** Bytes per second of data copied (qemu-img commit -r); 0 or absent: no limit. */
   rateLimit?: number;
-  /** Requests in flight; default 8. */
+  /** Requests in flight; default 4. */
   inFlight?: number;
 }
 
@@ -53,7 +53,10 @@ export class CommitJob extends Job<void> {
       // cluster or subcluster, a file system block), so that a zero block becomes a zero
       // cluster or a hole instead of a partial zero write.
       sparseSize: sparseUnit(base),
-      inFlight: this.opts.inFlight ?? 8,
+      inFlight: this.opts.inFlight ?? 4,
+      // Large requests: the fewer trips through the layers per byte, the less a commit costs
+      // beside the copying itself (8 MiB measured best against 2 MiB to 16 MiB).
+      bufferSize: 8 * 1024 * 1024,
       outOfOrder: true,
       checkpoint: () => this.checkpoint(),
       onProgress: (n) => this.addProgress(n),
