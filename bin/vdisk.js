@@ -1,3 +1,3 @@
 #!/usr/bin/env node
-import { main } from '../dist/cli/main.js';
-process.exitCode = await main(process.argv.slice(2));
+import { runProcess } from '../dist/cli/entry.js';
+await runProcess();

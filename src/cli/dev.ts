@@ -1,4 +1,4 @@
 // Runs the CLI from source (`npx tsx src/cli/dev.ts io ...`), without building dist/.
-import { main } from './main.js';
+import { runProcess } from './entry.js';
 
-process.exitCode = await main(process.argv.slice(2));
+await runProcess();
