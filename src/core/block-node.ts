@@ -129,6 +129,14 @@ export abstract class BlockNode implements BlockDevice {
     return this.file?.hasDriverInfo() ?? true;
   }
 
+  /**
+   * Where the format keeps a saved VM state (QEMU's `vm_state_offset`, which qemu-io's `info`
+   * prints); 0 for formats that cannot hold one.
+   */
+  vmStateOffset(): number {
+    return 0;
+  }
+
   /** The lines of qemu-img info's "Snapshot list:" table (empty when there are none). */
   snapshotTable(): string[] {
     return [];

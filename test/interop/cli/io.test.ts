@@ -105,6 +105,17 @@ describe('vdisk io against qemu-io 7.2', () => {
     await compare(t, 'unsafe', ['-f', 'raw', '-t', 'unsafe'], SCRIPT);
   });
 
+  it('prints info as qemu-io does for qcow2 (cluster size, VM state offset, format facts)', async (t) => {
+    if (!needTools(t, 'qemu-io', 'qemu-img')) return;
+    for (const [size, cluster] of [['1G', '64k'], ['1000M', '2M'], ['3G', '512'], ['100M', '64k']] as const) {
+      const img = tmp.path(`info-${size}-${cluster}.qcow2`);
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cluster}`, img, size]);
+      const qemu = await run('qemu-io', ['-r', '-c', 'info', img]);
+      const ours = await vdisk(['io', '-r', '-c', 'info', img]);
+      assert.equal(ours.stdout, qemu.stdout, `${size}, ${cluster} clusters`);
+    }
+  });
+
   it('runs it identically read-only', async (t) => {
     if (!needTools(t, 'qemu-io', 'qemu-img')) return;
     await compare(t, 'read-only', ['-f', 'raw', '-r'], SCRIPT);

@@ -25,20 +25,20 @@ export const infoCommand: CommandDef = {
 
 /*
  * qemu-io prints the format, the cluster size and the VM state offset (0 for raw, which has
- * neither), then the format-specific facts the way qemu-img's human output lays them out.
+ * neither: bdrv_get_info's), then the format-specific facts the way qemu-img's human output lays
+ * them out.
  */
 async function info(ctx: Context): Promise<Status> {
   // qemu-io -C has no filter node in QEMU 7.2: info describes the image.
   const node = namedNode(imageOf(ctx));
   const specific = node.formatSpecific();
-  const number = (key: string) => (typeof specific?.[key] === 'number' ? specific[key] as number : 0);
+  const clusterSize = node.imageInfo()['cluster-size'];
   ctx.print(`format name: ${node.driver}\n`);
-  ctx.print(`cluster size: ${humanSize(number('cluster-size'))}\n`);
-  ctx.print(`vm state offset: ${humanSize(number('vm-state-offset'))}\n`);
-  const rest = Object.entries(specific ?? {}).filter(([k]) => k !== 'cluster-size' && k !== 'vm-state-offset');
-  if (rest.length > 0) {
+  ctx.print(`cluster size: ${humanSize(typeof clusterSize === 'number' ? clusterSize : 0)}\n`);
+  ctx.print(`vm state offset: ${humanSize(node.vmStateOffset())}\n`);
+  if (specific && Object.keys(specific).length > 0) {
     ctx.print('Format specific information:\n');
-    ctx.print(dumpValue(Object.fromEntries(rest), 1));
+    ctx.print(dumpValue(specific, 1));
   }
   return OK;
 }

@@ -205,6 +205,12 @@ export class Qcow2Node extends BlockNode {
     return info;
   }
 
+  /** The VM state sits past the last L1 entry the guest data needs (qcow2_vm_state_offset). */
+  override vmStateOffset(): number {
+    const l1Span = this.clusterSize * this.g.l2Entries;
+    return Math.ceil(this.size / l1Span) * l1Span;
+  }
+
   override snapshotTable(): string[] {
     return this.snapshots.length > 0 ? snapshotTableHuman([...this.snapshots]) : [];
   }
