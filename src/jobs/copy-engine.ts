@@ -136,16 +136,14 @@ class CopyRun {
           const data = buf.subarray(0, req.length);
           await this.step('reading', req.offset, () => this.span.read(req.offset, data));
           if (this.compressor) {
-            const parts = await this.compress(req.offset, data);
-            if (await this.turn(req)) await this.commit(parts);
+            await this.compressed(req, data);
           } else if (await this.turn(req)) {
             await this.writeData(req.offset, data);
           }
         } else if (req.kind === 'zero' && this.compressor && this.opts.sparseSize === 0) {
           // -S 0 allocates every cluster, and on a compressed target that means compressed zeros.
           this.zeros ??= zeroBuffer(this.bufferSize);
-          const parts = await this.compress(req.offset, this.zeros.subarray(0, req.length));
-          if (await this.turn(req)) await this.commit(parts);
+          await this.compressed(req, this.zeros.subarray(0, req.length));
         } else if (await this.turn(req)) {
           if (req.kind === 'zero') await this.writeZeroRun(req.offset, req.length);
         }
@@ -173,8 +171,17 @@ class CopyRun {
     }
   }
 
-  private compress(offset: number, data: Uint8Array): Promise<PreparedPart[]> {
-    return this.step('writing', offset, () => prepareCompressed(this.compressor!, offset, data, this.opts.sparseSize > 0));
+  /**
+   * Compresses ahead of the request's turn and stores at its turn. A failure to compress is a
+   * failure of the write, so it is reported at the turn too: the error of the first request in
+   * target order wins, as in qemu-img, whose compressed writes fail in order.
+   */
+  private async compressed(req: CopyRequest, data: Uint8Array): Promise<void> {
+    const prepared = await this.step('writing', req.offset, () => prepareCompressed(this.compressor!, req.offset, data, this.opts.sparseSize > 0))
+      .then((parts) => ({ parts }), (error: unknown) => ({ error }));
+    if (!(await this.turn(req))) return;
+    if ('error' in prepared) throw prepared.error;
+    await this.commit(prepared.parts);
   }
 
   private async commit(parts: readonly PreparedPart[]): Promise<void> {
