@@ -2,6 +2,7 @@ import type { BlockNode } from '../../../core/block-node.js';
 import { BlockError } from '../../../core/errors.js';
 import { alignUp } from '../../../core/limits.js';
 import { compressCluster, type CompressionType } from './compression.js';
+import type { DeflatePool } from './deflate-pool.js';
 import { OFLAG_COMPRESSED } from './constants.js';
 import type { Qcow2Geometry } from './geometry.js';
 import type { L2Editor } from './l2-editor.js';
@@ -15,15 +16,24 @@ const SECTOR = 512;
 
 type ErrorContext = (op: string, offset?: number, length?: number) => Record<string, unknown> & { node: string; op: string };
 
-/** One guest cluster of a compressed write: its bytes (padded to a whole cluster) and their compressed form. */
-interface PreparedCluster {
+/**
+ * Guest clusters of one compressed write, compressed: `data` holds them end to end from guest
+ * offset `offset` (the image's last cluster padded with zeros to a whole one), `length` guest
+ * bytes of it are written, and `compressed[i]` is cluster i's compressed form, or null where it
+ * did not compress below the cluster size and is written as it is.
+ */
+interface PreparedClusters {
   offset: number;
-  /** Guest bytes the write covers: the cluster size, or less for the image's last cluster. */
   length: number;
   data: Uint8Array;
-  /** null: it did not compress below the cluster size, and is written as it is. */
-  compressed: Uint8Array | null;
+  compressed: (Uint8Array | null)[];
 }
+
+/**
+ * Deflate on worker threads, shared by every writer in the process; loaded on first use, so
+ * that opening a qcow2 image does not pay for it.
+ */
+let deflatePool: Promise<DeflatePool> | undefined;
 
 /**
  * A compressed write whose clusters are compressed already: `commit()` stores them. Splitting
@@ -67,7 +77,7 @@ export class CompressedWriter {
     ctx: ErrorContext;
   }) {}
 
-  /** Checks the request and compresses its clusters, all at once (deflate runs on libuv's threads). */
+  /** Checks the request and compresses its clusters, all at once (on worker threads). */
   async prepare(offset: number, data: Uint8Array): Promise<CompressedWrite> {
     const { g, size, ctx } = this.parts;
     const cs = g.clusterSize;
@@ -84,39 +94,53 @@ export class CompressedWriter {
     if (offset + length > size()) {
       throw new BlockError('ERANGE', `write compressed of ${length} bytes at offset ${offset} is past the end of the image (size ${size()})`, ctx('write compressed', offset, length));
     }
-    const clusters: Promise<PreparedCluster>[] = [];
-    for (let done = 0; done < length; done += cs) {
-      const n = Math.min(cs, length - done);
-      let cluster = data.subarray(done, done + n);
-      if (n < cs) {
-        // The last cluster of an image whose size is not a multiple of the cluster size.
-        cluster = new Uint8Array(cs);
-        cluster.set(data.subarray(done));
-      }
-      clusters.push(compressCluster(this.parts.compression, cluster).then((compressed) => ({ offset: offset + done, length: n, data: cluster, compressed })));
+    // The last cluster of an image whose size is not a multiple of the cluster size is
+    // compressed as a whole cluster, padded with zeros.
+    let whole = data;
+    if (length % cs !== 0) {
+      whole = new Uint8Array(alignUp(length, cs));
+      whole.set(data);
     }
-    const prepared = await Promise.all(clusters);
+    const prepared: PreparedClusters = { offset, length, data: whole, compressed: await this.compress(whole) };
     return { commit: () => this.commit(prepared) };
   }
 
-  /** Stores prepared clusters in order: runs that compressed under the lock, the others as plain writes. */
-  private async commit(clusters: readonly PreparedCluster[]): Promise<void> {
-    const { lock, writeback } = this.parts;
-    for (let i = 0; i < clusters.length;) {
-      const c = clusters[i]!;
-      if (c.compressed === null) {
-        await this.parts.writePlain(c.offset, c.data.subarray(0, c.length));
-        i++;
-        continue;
+  /** Each cluster of `data` compressed, all at once: deflate on the worker pool, zstd on its own. */
+  private compress(data: Uint8Array): Promise<(Uint8Array | null)[]> {
+    const cs = this.parts.g.clusterSize;
+    if (this.parts.compression === 'zlib') {
+      deflatePool ??= import('./deflate-pool.js').then((m) => new m.DeflatePool());
+      return deflatePool.then((pool) => pool.compressClusters(data, cs));
+    }
+    const clusters: Promise<Uint8Array | null>[] = [];
+    for (let pos = 0; pos < data.byteLength; pos += cs) clusters.push(compressCluster(this.parts.compression, data.subarray(pos, pos + cs)));
+    return Promise.all(clusters);
+  }
+
+  /**
+   * Stores prepared clusters in guest order: runs that compressed under the lock, each run of
+   * clusters that did not as one plain write (QEMU writes them one by one; one write of many
+   * clusters allocates them together, with one metadata update).
+   */
+  private async commit(p: PreparedClusters): Promise<void> {
+    const { lock, writeback, g } = this.parts;
+    const cs = g.clusterSize;
+    const count = p.compressed.length;
+    for (let i = 0; i < count;) {
+      const plain = p.compressed[i] === null;
+      let end = i + 1;
+      while (end < count && (p.compressed[end] === null) === plain) end++;
+      if (plain) {
+        const stop = Math.min(end * cs, p.length);
+        await this.parts.writePlain(p.offset + i * cs, p.data.subarray(i * cs, stop));
+      } else {
+        const first = i;
+        await lock.run(async () => {
+          for (let k = first; k < end; k++) await this.store(p.offset + k * cs, p.compressed[k]!);
+          await writeback.relieveCachePressure();
+        });
+        this.parts.written();
       }
-      let end = i;
-      while (end < clusters.length && clusters[end]!.compressed !== null) end++;
-      const run = clusters.slice(i, end);
-      await lock.run(async () => {
-        for (const one of run) await this.store(one.offset, one.compressed!);
-        await writeback.relieveCachePressure();
-      });
-      this.parts.written();
       i = end;
     }
   }

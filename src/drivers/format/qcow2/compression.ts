@@ -23,7 +23,7 @@ const SYNC_MAX = 64 * 1024;
 
 /** QEMU writes deflate with a 4 KiB window (windowBits -12) and inflates with -12 too, so a
  * stream we write must not reach further back; memLevel 9 and level 6 are QEMU's settings. */
-const DEFLATE_OPTS = { windowBits: 12, memLevel: 9, level: 6 } as const;
+export const DEFLATE_OPTS = { windowBits: 12, memLevel: 9, level: 6 } as const;
 
 const inflateRawAsync = promisify(zlib.inflateRaw);
 const deflateRawAsync = promisify(zlib.deflateRaw);
