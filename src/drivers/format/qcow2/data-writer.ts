@@ -10,6 +10,7 @@ import type { MetadataLock } from './metadata-lock.js';
 import type { MetadataWriteback } from './metadata-writeback.js';
 import type { OverlapGuard } from './overlap-guard.js';
 import type { RefcountLoader } from './refcounts.js';
+import { ZeroingClusters, type Zeroing } from './zeroing-clusters.js';
 
 /**
  * Guest data writes: in place where the cluster is ours alone, else into newly allocated
@@ -17,6 +18,7 @@ import type { RefcountLoader } from './refcounts.js';
  */
 export class DataWriter {
   private readonly allocSpace: AllocSpace;
+  private readonly zeroing: ZeroingClusters;
 
   constructor(private readonly parts: {
     g: Qcow2Geometry;
@@ -39,20 +41,30 @@ export class DataWriter {
     corruption: (what: string) => BlockError;
   }) {
     this.allocSpace = new AllocSpace({ dataFile: parts.dataFile, backing: parts.backing, enabled: parts.allocSpace });
+    this.zeroing = new ZeroingClusters({ ...parts, zero: (host) => this.allocSpace.zero(host, parts.g.clusterSize) });
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     const { mapping, lock, writeback, g } = this.parts;
     // Overwrites of clusters that are ours alone change no metadata: they run concurrently,
     // outside the lock, as QEMU's do. The first cluster that needs allocation takes the lock.
+    const cs = g.clusterSize;
     let start = 0;
     while (start < data.byteLength) {
       // mapRun answers at once from a cached table: no await for it then.
       const mapped = mapping.mapRun(offset + start, data.byteLength - start);
       const run = mapped instanceof Promise ? await mapped : mapped;
-      if (run.sub !== Sub.Normal || !run.copied) break;
-      await this.inPlace(run.host, data.subarray(start, start + run.length));
-      start += run.length;
+      if (run.sub === Sub.Normal && run.copied) {
+        await this.inPlace(run.host, data.subarray(start, start + run.length));
+        start += run.length;
+        continue;
+      }
+      // A new cluster another write is zeroing: ours as soon as it reads zeros.
+      const zeroing = this.zeroing.get(Math.floor((offset + start) / cs));
+      if (!zeroing) break;
+      const n = Math.min(data.byteLength - start, cs - ((offset + start) % cs));
+      await this.afterZeroing(zeroing, offset + start, data.subarray(start, start + n));
+      start += n;
     }
     if (start === data.byteLength) return;
     // Writes into clusters that are ours by the time the lock is held (allocated meanwhile, or
@@ -61,16 +73,24 @@ export class DataWriter {
     const deferred: Promise<void>[] = [];
     try {
       await lock.run(async () => {
-        const cs = g.clusterSize;
         for (let done = start; done < data.byteLength;) {
           const pos = offset + done;
+          const zeroing = this.zeroing.get(Math.floor(pos / cs));
+          if (zeroing) {
+            const n = Math.min(data.byteLength - done, cs - (pos % cs));
+            deferred.push(this.afterZeroing(zeroing, pos, data.subarray(done, done + n)));
+            done += n;
+            continue;
+          }
           const run = await mapping.mapRun(pos, data.byteLength - done);
           if (run.sub === Sub.Normal && run.copied) {
             deferred.push(this.inPlace(run.host, data.subarray(done, done + run.length)));
             done += run.length;
             continue;
           }
-          const whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
+          let whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
+          // Stop short of a cluster being zeroed: it has its host cluster already.
+          for (let k = 1; k < whole; k++) if (this.zeroing.get(Math.floor(pos / cs) + k)) whole = k;
           if (pos % cs === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
             done += await this.writeNewClusters(pos, data.subarray(done, done + whole * cs));
             continue;
@@ -84,6 +104,12 @@ export class DataWriter {
     } finally {
       await settleAll(deferred);
     }
+  }
+
+  /** A write into a cluster another write is zeroing: in place once zeroed; if that was refused, the ordinary way. */
+  private async afterZeroing(z: Zeroing, pos: number, data: Uint8Array): Promise<void> {
+    if (await z.done) return this.inPlace(z.host + (pos % this.parts.g.clusterSize), data);
+    return this.write(pos, data);
   }
 
   /** A write into a cluster that is ours alone: no metadata changes, no lock. */
@@ -126,7 +152,7 @@ export class DataWriter {
     else if (g.hasDataFile) host = guestBase;
     else host = await (await this.parts.refcounts.get()).allocate(1);
     await guard.check(host + from, to - from);
-    if (zero && (await this.writeZeroed(zero, inCluster, data, old, host, reuse, view, entry, deferred))) return;
+    if (zero && (await this.writeZeroed(zero, pos, data, old, host, reuse, view, entry, deferred))) return;
 
     const buf = new Uint8Array(to - from);
     const valid = Math.max(0, Math.min(to, this.parts.size() - guestBase) - from);
@@ -167,15 +193,23 @@ export class DataWriter {
    * False when the storage cannot zero cheaply; the caller then copies-on-write as ever.
    *
    * Crash order holds as for any data: the zeroing is flushed before the L2 entry can reach
-   * the disk (dataChanged). When the written range read as zeros too, the entry points at the
-   * zeroed cluster at once, before the guest's bytes land: until they do, the cluster reads
-   * exactly as before the write, so other writes to the cluster go ahead in place without
-   * waiting for this one, and an entry flushed meanwhile is just as correct. The data write is
-   * tracked as an in-place write, so a flush cannot free the cluster under it.
+   * the disk (dataChanged). When the written range read as zeros too, the entry may point at
+   * the zeroed cluster before the guest's bytes land: until they do, the cluster reads exactly
+   * as before the write, so an entry flushed meanwhile is just as correct. A newly allocated
+   * cluster is then zeroed outside the lock (ZeroingClusters): other allocations go on, and
+   * other writes to the cluster go in place as soon as it is zeroed, without waiting for the
+   * L2 update. Data writes are tracked as in-place writes, so a flush cannot free the cluster
+   * under them.
    */
-  private async writeZeroed(zero: ZeroParts, inCluster: number, data: Uint8Array, old: Decoded, host: number, reuse: boolean,
+  private async writeZeroed(zero: ZeroParts, pos: number, data: Uint8Array, old: Decoded, host: number, reuse: boolean,
     view: EntryView, entry: number, deferred: Promise<void>[]): Promise<boolean> {
     const { g, editor, dataFile, writeback } = this.parts;
+    const inCluster = pos % g.clusterSize;
+    if (zero.middle && !reuse && !g.hasDataFile) {
+      const z = this.zeroing.start(pos - inCluster, host);
+      deferred.push(z.done.then((ok) => (ok ? Promise.all([z.linked, this.inPlace(host + inCluster, data)]).then(() => undefined) : this.write(pos, data))));
+      return true;
+    }
     // An external data file may not reach this far; growing it is the guest write's business.
     if (g.hasDataFile && host + g.clusterSize > dataFile.size) return false;
     if (!(await this.allocSpace.zero(host, g.clusterSize))) return false;

@@ -216,6 +216,55 @@ describe('qcow2 allocate path', () => {
     }
   });
 
+  it('writes into a zeroed new cluster do not wait for its L2 update, even while the metadata lock is held', async (t) => {
+    if (!needNative(t)) return;
+    const node = await openImage(t, { driver: 'qcow2', file: await create(16 * MiB) });
+    const file = node.file!;
+    const gate = () => {
+      let open!: () => void;
+      const shut = new Promise<void>((resolve) => (open = resolve));
+      return { shut, open };
+    };
+    // The zeroing waits for `zeroGate`; the next flush of the file holds the lock until `flushGate`.
+    const zeroGate = gate();
+    const flushGate = gate();
+    let zeroStarted!: () => void;
+    const zeroing = new Promise<void>((resolve) => (zeroStarted = resolve));
+    const zero = file.writeZeroes.bind(file);
+    file.writeZeroes = async (offset, length, opts) => {
+      zeroStarted();
+      await zeroGate.shut;
+      return zero(offset, length, opts);
+    };
+    let flushStarted!: () => void;
+    const flushing = new Promise<void>((resolve) => (flushStarted = resolve));
+    const flush = file.flush.bind(file);
+    file.flush = async (opts) => {
+      flushStarted();
+      await flushGate.shut;
+      return flush(opts);
+    };
+    const a = node.write(CLUSTER, pattern(4 * KiB, 40));
+    await zeroing;
+    // A flush takes the lock (and keeps it); the zeroing finishes; its L2 update queues behind.
+    const f = node.flush();
+    await flushing;
+    zeroGate.open();
+    let bDone = false;
+    const b = node.write(CLUSTER + 8 * KiB, pattern(4 * KiB, 41)).then(() => (bDone = true));
+    // The write finishes while the lock is still held, so before the entry points at the
+    // cluster. (Turns of the event loop with I/O in them, not time: a write that waits for
+    // the lock never finishes here, and the gate opens for it after the check.)
+    for (let i = 0; i < 200 && !bDone; i++) {
+      await nextTurn();
+      await node.read(8 * MiB, new Uint8Array(512));
+    }
+    flushGate.open();
+    assert.equal(bDone, true, 'the write into the zeroed cluster waited for the L2 update');
+    await Promise.all([a, b, f]);
+    assert.deepEqual(await readBack(node, CLUSTER, CLUSTER), clusterWith(8 * KiB, pattern(4 * KiB, 41), clusterWith(0, pattern(4 * KiB, 40))));
+  });
+
   it('where the file cannot zero cheaply (ext2) it copies-on-write, and stops asking after the first refusal', async (t) => {
     if (!needNative(t)) return;
     const fs = await mountLoopFs(t, 'mkfs.ext2', ['-q', '-F'], 32 * MiB);
