@@ -7,6 +7,7 @@ import { mapBenchmark } from './map.bench.js';
 import { nbdBenchmarks } from './nbd.bench.js';
 import { qemuImgBenchBenchmarks } from './qemu-img-bench.bench.js';
 import { zeroDetectBenchmark } from './zero-detect.bench.js';
+import { allocWriteBenchmarks } from './alloc-write.bench.js';
 
 /** `npm run bench [-- NAME-FILTER]`: every benchmark, vdisk and its peer side by side. */
 const filter = process.argv[2];
@@ -22,6 +23,9 @@ function have(cmd: string): boolean {
     return false;
   }
 }
+
+// Issue 4 (b): the qcow2 allocate path and the preallocate filter.
+benchmarks.push(...allocWriteBenchmarks());
 
 const results: Result[] = [];
 for (const b of benchmarks) {
