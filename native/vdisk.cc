@@ -6,7 +6,15 @@
 
 namespace {
 
+// The interface version the TypeScript loader checks (NATIVE_ABI in
+// src/native/index.ts). Bump both whenever a function keeps its name but
+// changes what its arguments mean: a stale build then counts as absent instead
+// of misreading them (an IoQueue from before kinds became bits read an O_DIRECT
+// read as a write, and wrote the read buffer over the image).
+constexpr int kAbi = 2;
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("abi", Napi::Number::New(env, kAbi));
   vdisk::InitFileOps(env, exports);
   vdisk::InitLocks(env, exports);
   vdisk::InitBlockDev(env, exports);

@@ -98,6 +98,8 @@ export interface NativeAddon {
   isAlignedBuffer(buffer: Uint8Array, alignment: number): boolean;
   /** sync_file_range(2) on the thread pool; flags from SYNC_FILE_RANGE; length 0 = to end of file. */
   syncFileRange(fd: number, offset: number, length: number, flags: number): Promise<void>;
+  /** The interface version (see NATIVE_ABI). */
+  readonly abi: number;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
@@ -129,6 +131,12 @@ export const SYNC_FILE_RANGE = Object.freeze({
 
 /** Relative to this module: src/native/ and dist/native/ both sit two levels below the package root. */
 const ADDON_PATH = '../../build/Release/vdisk_native.node';
+
+/**
+ * The interface version this loader speaks (kAbi in native/vdisk.cc): a build whose functions
+ * have the right names but older meanings must not be used.
+ */
+const NATIVE_ABI = 2;
 
 const REQUIRED: readonly (keyof NativeAddon)[] = [
   'seekData',
@@ -175,9 +183,23 @@ function load(): { addon: NativeAddon | null; status: { loaded: boolean; reason?
         : 'failed to load';
     return { addon: null, status: { loaded: false, reason: `native addon ${hint}: ${msg}` } };
   }
-  // A stale build from an older checkout may lack newer functions; treat it as
-  // absent rather than fail later at a call site.
+  return validateAddon(mod);
+}
+
+/**
+ * Accepts a loaded addon module, or says why not. A stale build from an older checkout may lack
+ * newer functions, or keep their names with older meanings; either counts as absent rather than
+ * failing (or misbehaving) later at a call site.
+ */
+export function validateAddon(mod: unknown): { addon: NativeAddon | null; status: { loaded: boolean; reason?: string } } {
   const missing = REQUIRED.filter((k) => typeof (mod as Record<string, unknown>)?.[k] !== 'function');
+  const abi = (mod as { abi?: unknown })?.abi;
+  if (missing.length === 0 && abi !== NATIVE_ABI) {
+    return {
+      addon: null,
+      status: { loaded: false, reason: `native addon is out of date (interface ${String(abi ?? 1)}, want ${NATIVE_ABI}); rebuild it (npm run install)` },
+    };
+  }
   if (missing.length > 0) {
     return {
       addon: null,

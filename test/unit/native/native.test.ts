@@ -11,7 +11,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { FADV, FALLOC, native, nativeStatus, type NativeAddon } from '../../../src/native/index.js';
+import { FADV, FALLOC, native, nativeStatus, validateAddon, type NativeAddon } from '../../../src/native/index.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const LOADER = path.join(ROOT, 'src', 'native', 'index.ts');
@@ -788,6 +788,18 @@ describe('native loader', () => {
     if (!native) assert.equal(typeof nativeStatus.reason, 'string');
   });
 
+  it('refuses a build whose functions are all there but whose interface version is older (a stale build)', (t) => {
+    if (!native) return t.skip('native addon not built');
+    assert.equal(validateAddon(native).status.loaded, true);
+    const stale = validateAddon({ ...native, abi: 1 });
+    assert.equal(stale.addon, null);
+    assert.match(stale.status.reason ?? '', /out of date \(interface 1, want \d+\)/);
+    const { abi: _abi, ...noAbi } = native as unknown as Record<string, unknown>;
+    assert.match(validateAddon(noAbi).status.reason ?? '', /interface 1/);
+    const { IoQueue: _q, ...missing } = native as unknown as Record<string, unknown>;
+    assert.match(validateAddon(missing).status.reason ?? '', /missing IoQueue/);
+  });
+
   it('VDISK_NO_NATIVE=1 forces native = null with a reason', () => {
     const script =
       `const m = await import(${JSON.stringify(pathToFileURL(LOADER).href)});` +
@@ -796,7 +808,6 @@ describe('native loader', () => {
       cwd: ROOT,
       env: { ...process.env, VDISK_NO_NATIVE: '1' },
       encoding: 'utf8',
-      timeout: 60_000,
     });
     assert.equal(res.status, 0, `child failed: ${res.stderr}`);
     const out = JSON.parse(res.stdout.trim().split('\n').pop()!) as {
