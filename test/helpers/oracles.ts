@@ -1,4 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
+import { open } from 'node:fs/promises';
 import type { TestContext } from 'node:test';
 import type { MapEntry } from '../../src/cli/map.js';
 
@@ -64,4 +65,25 @@ export async function runOk(cmd: string, args: readonly string[], opts: { input?
  */
 export async function qemuImgMap(file: string, format = 'raw'): Promise<MapEntry[]> {
   return JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', format, file])) as MapEntry[];
+}
+
+/**
+ * Bytes of the file system allocated to a file's data: the lengths of its extents, written or
+ * unwritten, from FIEMAP (e2fsprogs' filefrag) after an fsync. Unlike st_blocks it leaves out the
+ * file system's own blocks for the file (an ext4 extent-tree block appears once a file has more
+ * than four extents, so two files with the same allocation can differ by a block by layout alone).
+ */
+export async function allocatedBytes(file: string): Promise<number> {
+  const fh = await open(file, 'r+');
+  await fh.sync();
+  await fh.close();
+  const out = await runOk('filefrag', ['-e', file]);
+  const blockSize = Number(/\((?:\d+) blocks? of (\d+) bytes\)/.exec(out)?.[1]);
+  if (!Number.isInteger(blockSize) || blockSize <= 0) throw new Error(`filefrag: no block size in ${JSON.stringify(out.split('\n')[1])}`);
+  let blocks = 0;
+  for (const line of out.split('\n')) {
+    const m = /^\s*\d+:\s+\d+\.\.\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+):/.exec(line);
+    if (m) blocks += Number(m[1]);
+  }
+  return blocks * blockSize;
 }
