@@ -70,7 +70,7 @@ async function readBack(node: BlockNode, offset: number, length: number): Promis
 }
 
 /** A cluster's expected contents: zeros with `data` at `at`. */
-function clusterWith(at: number, data: Uint8Array, base = new Uint8Array(CLUSTER)): Uint8Array {
+function clusterWith(at: number, data: Uint8Array, base: Uint8Array = new Uint8Array(CLUSTER)): Uint8Array {
   const out = base.slice();
   out.set(data, at);
   return out;
