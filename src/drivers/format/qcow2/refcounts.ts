@@ -158,7 +158,11 @@ export class Refcounts {
         continue;
       }
       for (let i = start; i < start + count; i++) await this.set(i, 1);
-      if (start === this.freeHint) this.freeHint = start + count;
+      // Past the run, as QEMU's free_cluster_index moves past every cluster its search looked
+      // at: moving only when the run started at the hint left a used cluster under it, and every
+      // later allocation scanned again from there (most of the time of one-write-per-cluster
+      // workloads). Free clusters skipped here (runs too short) come back when a free lowers it.
+      this.freeHint = start + count;
       return start * this.clusterSize;
     }
   }
