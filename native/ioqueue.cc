@@ -193,18 +193,29 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     // Only requests in flight keep the process alive.
     uv_unref(reinterpret_cast<uv_handle_t*>(async_));
     env_ = env;
-    napi_add_env_cleanup_hook(env, CleanupHook, this);
+    hooked_ = napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok;
     started_ = true;
   }
 
+  // The hook goes whenever the queue stops or dies, whichever comes first: a
+  // hook left behind by a closed queue would name freed memory at exit, and a
+  // later queue allocated at the same address would register the same
+  // (function, pointer) pair again, which Node rejects with an abort.
   ~IoQueue() override {
-    if (started_ && !stopped_) {
-      napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-      Stop();
-    }
+    Unhook();
+    Stop();
   }
 
-  static void CleanupHook(void* self) { static_cast<IoQueue*>(self)->Stop(); }
+  static void CleanupHook(void* self) {
+    auto* q = static_cast<IoQueue*>(self);
+    q->hooked_ = false;  // Node is running (and dropping) it now
+    q->Stop();
+  }
+
+  void Unhook() {
+    if (hooked_) napi_remove_env_cleanup_hook(env_, CleanupHook, this);
+    hooked_ = false;
+  }
 
  private:
   // submit(count, ids: Uint32Array, fds: Int32Array, offsets: Float64Array,
@@ -343,6 +354,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
+    Unhook();
     Stop();
     return info.Env().Undefined();
   }
@@ -501,6 +513,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   // Main-thread state.
   bool started_ = false;
   bool stopped_ = false;
+  bool hooked_ = false;
   size_t in_flight_ = 0;
   uv_async_t* async_ = nullptr;
   napi_env env_ = nullptr;

@@ -10,6 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 import { FADV, FALLOC, native, nativeStatus, validateAddon, type NativeAddon } from '../../../src/native/index.js';
 
@@ -305,6 +307,18 @@ describe('native addon', { skip: skipReason }, () => {
         q.close();
       }
       assert.throws(() => q.submit(0, new Uint32Array(0), new Int32Array(0), new Float64Array(0), new Uint8Array(0), []), /closed/);
+    });
+
+    it('queues closed and collected one after another never leave a cleanup hook behind', () => {
+      // A closed queue used to keep its environment cleanup hook: once it was collected, a new
+      // queue at the same address registered the same hook again and Node aborted the process.
+      v8.setFlagsFromString('--expose-gc');
+      const gc = runInNewContext('gc') as () => void;
+      for (let i = 0; i < 200; i++) {
+        const q = new (addon().IoQueue)(1, () => {});
+        if (i % 2 === 0) q.close();
+        gc();
+      }
     });
 
     it('reports bytes moved or -errno per request id, in batches', async () => {
