@@ -1,5 +1,5 @@
 import type { BlockNode } from '../core/block-node.js';
-import { Qcow2Node } from '../drivers/format/qcow2/index.js';
+import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { findSnapshot } from '../drivers/format/qcow2/snapshots.js';
 import type { MeasureInfo, NodeSpec } from '../registry/driver.js';
 import { parseFilename, registry } from '../registry/index.js';

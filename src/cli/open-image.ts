@@ -46,12 +46,20 @@ export function storageTimeouts(p: Parsed): StorageTimeouts {
 }
 
 /**
+ * The whole open's deadline runs this much past --timeout: a protocol driver with its own
+ * deadline (nbd) starts its timer a little later (after loading its modules) and says more
+ * precisely what did not answer, so its error should be the one reported.
+ */
+const OPEN_GRACE_SECONDS = 0.5;
+
+/**
  * open() under the --timeout deadlines: the network one goes to the protocol drivers, which
  * bound every step themselves; the open one bounds the whole open, wherever a step hangs.
  */
 export function openStorage(spec: string | NodeSpec, options: OpenOptions, timeouts: StorageTimeouts,
   name = typeof spec === 'string' ? spec : `json:${JSON.stringify(spec)}`): Promise<BlockNode> {
-  return withDeadline(timeouts.open, open(spec, { networkTimeout: timeouts.network, ...options }),
+  const openDeadline = timeouts.open > 0 ? timeouts.open + OPEN_GRACE_SECONDS : 0;
+  return withDeadline(openDeadline, open(spec, { networkTimeout: timeouts.network, ...options }),
     () => new BlockError('ETIMEDOUT', `Could not open '${name}': no answer within ${timeouts.open} s (ETIMEDOUT)`, { op: 'open', path: name }),
     (late) => late.close());
 }

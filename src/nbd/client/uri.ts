@@ -1,5 +1,5 @@
 import { BlockError } from '../../core/errors.js';
-import { NBD_DEFAULT_PORT, NBD_MAX_STRING } from '../protocol.js';
+import { NBD_DEFAULT_PORT, NBD_MAX_STRING } from '../protocol/constants.js';
 
 /** Where the server listens (QEMU's SocketAddress `server.type=inet|unix`). */
 export type ServerAddress = { type: 'inet'; host: string; port: number } | { type: 'unix'; path: string };

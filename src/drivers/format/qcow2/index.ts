@@ -6,17 +6,13 @@ import { compressionTypeFromHeader } from './compression.js';
 import { INCOMPAT, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, V3_HEADER_LENGTH } from './constants.js';
 import { isQcow2, parseHeader, type Qcow2Header } from './header.js';
 import { clearStaleAutoclear } from './header-update.js';
-import { Qcow2Node } from './qcow2-node.js';
+import type { Qcow2Node } from './qcow2-node.js';
 import { cacheOptions } from './runtime-options.js';
-import { createQcow2 } from './create.js';
 import { QCOW2_CREATE_OPTIONS } from './create-options.js';
-import { measureQcow2 } from './measure.js';
 import { findSnapshot, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, parseSnapshotTable, snapshotL1Problem, type Qcow2Snapshot } from './snapshots.js';
 
 /** The fixed part of a snapshot table entry (spec §8). */
 const ENTRY_FIXED = 40;
-
-export { Qcow2Node } from './qcow2-node.js';
 
 /**
  * The header, its extensions and the backing name, which all sit in cluster 0. Only that cluster
@@ -139,8 +135,10 @@ export const qcow2Driver: DriverDef = {
   options: ['file', 'backing', 'data-file', 'snapshot', 'check', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-size', 'cache-clean-interval', 'lazy-refcounts', 'alloc-space'],
   probe: (head) => (isQcow2(head) ? 100 : 0),
   createOptions: QCOW2_CREATE_OPTIONS,
-  create: createQcow2,
-  measure: measureQcow2,
+  // The node, create and measure load on first use: every command registers every driver, and
+  // most of qcow2's modules are not needed to probe (start-up is most of a short command's time).
+  create: async (req) => (await import('./create.js')).createQcow2(req),
+  measure: async (req) => (await import('./measure.js')).measureQcow2(req),
   async open(spec, ctx) {
     if (spec.file === undefined) throw new BlockError('EINVAL', "qcow2: the 'file' child is required", { op: 'open' });
     const file = await ctx.openChild(exclusiveFile(spec.file as NodeSpec | string), 'file');
@@ -156,6 +154,7 @@ export const qcow2Driver: DriverDef = {
       if (backing) opened.push(backing);
       const dataFile = await openDataFile(spec, header, file, ctx);
       if (dataFile !== file) opened.push(dataFile);
+      const { Qcow2Node } = await import('./qcow2-node.js');
       const node = await Qcow2Node.open({
         file, header, dataFile, backing, snapshots, snapshotTableLength, snapshot, compression: compressionTypeFromHeader(header.compressionType),
       }, {

@@ -2,7 +2,7 @@ import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
 import { BlockError, NotSupportedError } from '../../../core/errors.js';
 import type { Extent, IoOptions, ZeroOptions } from '../../../core/types.js';
 import { Qcow2BlockStatus } from './block-status.js';
-import { checkQcow2, type CheckFix, type CheckResult } from './check.js';
+import type { CheckFix, CheckResult } from './check.js';
 import { CacheCleaner } from './cache-cleaner.js';
 import { resolveCacheSizes, type CacheOptions, type CacheSizes } from './cache-options.js';
 import { CompressedReader } from './compressed-reader.js';
@@ -365,6 +365,8 @@ export class Qcow2Node extends BlockNode {
     return this.lock.run(async () => {
       if (!this.readOnly) await this.writeback.flush();
       const h = this.header;
+      // check's dozen modules load only for a check (or a dirty image's repair).
+      const { checkQcow2 } = await import('./check.js');
       const result = await checkQcow2({
         file: this.file!,
         header: h,

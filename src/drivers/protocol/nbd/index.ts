@@ -1,13 +1,10 @@
 import { BlockError } from '../../../core/errors.js';
-import { NbdClient, type NbdClientOptions } from '../../../nbd/client/client.js';
+import type { NbdClientOptions } from '../../../nbd/client/client.js';
 import type { TlsCredentials } from '../../../nbd/client/tls.js';
 import { checkExportName, NBD_SCHEMES, parseNbdFilename, type ServerAddress } from '../../../nbd/client/uri.js';
-import { NBD_DEFAULT_PORT } from '../../../nbd/protocol.js';
+import { NBD_DEFAULT_PORT } from '../../../nbd/protocol/constants.js';
 import type { DriverDef, NodeSpec } from '../../../registry/driver.js';
 import { boolOption, numberOption, stringOption } from '../../../registry/options.js';
-import { NbdNode } from './nbd-node.js';
-
-export { NbdNode } from './nbd-node.js';
 
 function bad(why: string): BlockError {
   return new BlockError('EINVAL', `nbd: ${why}`, { op: 'open' });
@@ -87,6 +84,8 @@ export const nbdDriver: DriverDef = {
   ],
   async open(spec, ctx) {
     const opts = clientOptions(spec);
+    // The client (net, tls and the wire codecs) loads on first use, not with every command.
+    const [{ NbdClient }, { NbdNode }] = await Promise.all([import('../../../nbd/client/client.js'), import('./nbd-node.js')]);
     const client = await NbdClient.connect({ ...opts, requestTimeout: opts.requestTimeout ?? ctx.options.networkTimeout });
     return new NbdNode(client, {
       readOnly: boolOption(spec, 'read-only') ?? ctx.options.readOnly ?? false,
