@@ -27,7 +27,7 @@ test('open errors are one-line BlockErrors with the path, and leak nothing', asy
       return true;
     });
   }
-  assert.equal(openFds(), before);
+  assert.ok(openFds() <= before, 'descriptors leaked');
 });
 
 test('a read-only open reads but refuses writes; the file is unchanged', async (t) => {

@@ -30,7 +30,7 @@ test('an image that references itself fails with E_CORRUPT naming the depth limi
     assert.equal(refOpens.length, limit + 1);
     assert.deepEqual(refOpens.map((o) => o.depth), [...Array(limit + 1).keys()]);
   }
-  assert.equal(openFds(), before, 'descriptors leaked by the failed opens');
+  assert.ok(openFds() <= before, 'descriptors leaked by the failed opens');
 });
 
 test('a chain exactly as deep as the limit opens; one more image does not', async (t) => {

@@ -50,7 +50,7 @@ test('the deny gate refuses every reference and leaks no descriptor', async (t) 
   const { top } = await layout(t, 'inside.img');
   const before = openFds();
   await refused(openWith(top, { mode: 'deny' }), 'deny');
-  assert.equal(openFds(), before);
+  assert.ok(openFds() <= before, 'descriptors leaked');
   // An image that names nothing still opens.
   const { top: plain } = await layout(t, '');
   await (await openWith(plain, { mode: 'deny' })).close();
@@ -67,7 +67,7 @@ test('an allow-list refuses references outside, by path, by .. and by symlink', 
     const tmp = await layout(t, ref);
     const before = openFds();
     await refused(openWith(tmp.top, { mode: 'allow', dirs: [tmp.path('allowed')] }), ref);
-    assert.equal(openFds(), before, `${ref}: descriptors leaked`);
+    assert.ok(openFds() <= before, `${ref}: descriptors leaked`);
   }
   const tmp = await layout(t, 'x');
   await writeRefImage(tmp.top, tmp.path('outside/secret.img'));

@@ -36,7 +36,10 @@ test('unknown drivers and unknown options are rejected with EINVAL naming them',
   await einval(open({ driver: 'raw', 'detect-zeroes': 'always', file: path }), /detect-zeroes/, 'bad detect-zeroes');
   await einval(open({ driver: 'raw', offset: 8192, file: path }), /offset/, 'raw offset past the end');
   await einval(open({ driver: 'raw', offset: 1024, size: 4096, file: path }), /size/, 'raw slice past the end');
-  assert.equal(openFds(), before, 'failed opens leaked descriptors');
+  // At most as many as before: a descriptor something else in the process had open may close
+  // meanwhile (CI once saw 27 after 28); a leak can only add.
+  const after = openFds();
+  assert.ok(after <= before, `failed opens leaked descriptors: ${after} open, ${before} before`);
 });
 
 test('common options apply to any driver', async () => {

@@ -275,7 +275,7 @@ test('a bad bottom is refused in one line, and nothing is left open', async (t) 
   }
   await assert.rejects(open({ driver: 'copy-on-read', serialise: 'sometimes', file: tmp.path('top.qcow2') }), /serialise/);
   await assert.rejects(open({ driver: 'copy-on-read' }), /'file' child is required/);
-  assert.equal(openFds(), before, 'failed opens leaked descriptors');
+  assert.ok(openFds() <= before, 'failed opens leaked descriptors');
 });
 
 test('copy-on-read needs a writable image', async (t) => {
@@ -286,7 +286,7 @@ test('copy-on-read needs a writable image', async (t) => {
   await assert.rejects(open(top, { copyOnRead: true, readOnly: true }), { code: 'EROFS', message: "Can't use copy-on-read on read-only device" });
   await assert.rejects(open({ driver: 'copy-on-read', 'read-only': 'on', file: top }), { code: 'EROFS', message: 'Block node is read-only' });
   await assert.rejects(open({ driver: 'qcow2', 'read-only': 'on', 'copy-on-read': 'on', file: top }), { code: 'EROFS' });
-  assert.equal(openFds(), before, 'failed opens leaked descriptors');
+  assert.ok(openFds() <= before, 'failed opens leaked descriptors');
 });
 
 test('copy-on-read=on in a spec and the copyOnRead open option insert the filter, implicitly', async (t) => {
