@@ -1,16 +1,14 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { open } from '../../../src/registry/index.js';
 import { assertBytesEqual, pattern } from '../../helpers/bytes.js';
 import { needTools, run } from '../../helpers/oracles.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { nbdkit } from '../drivers/nbd/servers.js';
+import { interruptWhenMoving } from './job-chains.js';
 
 const MiB = 1024 * 1024;
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 
 test('Ctrl-C stops a convert between requests: one-line message, and the qcow2 target checks clean and holds only source bytes', async (t) => {
   if (!needTools(t, 'nbdkit', 'qemu-img')) return;
@@ -24,22 +22,8 @@ test('Ctrl-C stops a convert between requests: one-line message, and the qcow2 t
   t.after(() => server.stop());
   const target = tmp.path('out.qcow2');
 
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/dev.ts', 'convert', '-p', '-O', 'qcow2', server.uri, target],
-    { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-  await new Promise<void>((resolve) => {
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      // The first figure above zero: data is moving.
-      if (/\((?!0\.00)\d+\.\d\d\/100%\)/.test(stdout)) resolve();
-    });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    void exited.then(() => resolve());
-  });
-  child.kill('SIGINT');
-  assert.equal(await exited, 1, stderr);
+  const { code, stdout, stderr } = await interruptWhenMoving(['convert', '-p', '-O', 'qcow2', server.uri, target]);
+  assert.equal(code, 1, stderr);
   assert.equal(stderr, 'vdisk convert: The job was cancelled: interrupted by SIGINT\n');
   assert.ok(!stdout.includes('(100.00/100%)'), 'the copy did not finish');
 
