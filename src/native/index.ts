@@ -98,6 +98,25 @@ export interface NativeAddon {
   isAlignedBuffer(buffer: Uint8Array, alignment: number): boolean;
   /** sync_file_range(2) on the thread pool; flags from SYNC_FILE_RANGE; length 0 = to end of file. */
   syncFileRange(fd: number, offset: number, length: number, flags: number): Promise<void>;
+  /**
+   * copy_file_range(2) on the thread pool until all `length` bytes are copied (in the kernel,
+   * page cache to page cache, or extents shared where the file system can). Rejects with
+   * ENODATA when the source ends first; EXDEV, EINVAL, EOPNOTSUPP or ENOSYS when these files
+   * cannot be copied this way. Optional: absent from builds before it (no interface bump).
+   */
+  copyFileRange?(srcFd: number, srcOffset: number, destFd: number, destOffset: number, length: number): Promise<void>;
+  /**
+   * The zero runs a sparse copy leaves as holes, `[s0, e0, s1, e1, …]` relative to the buffer:
+   * blocks end at `first`, then every `granule` bytes; a run of all-zero blocks counts when it
+   * is at least `minZero` long or touches an end (src/jobs/sparse-runs.ts). Optional, as above.
+   */
+  zeroRuns?(buf: Uint8Array, granule: number, first: number, minZero: number): Float64Array;
+  /**
+   * zeroRuns over a file's bytes [offset, offset + length), scanned through a read-only mapping
+   * on the thread pool (no copy out of the page cache). Rejects with ENODATA when the file ends
+   * before the range does, EIO when it shrinks during the scan. Optional, as above.
+   */
+  fileZeroRuns?(fd: number, offset: number, length: number, granule: number, first: number, minZero: number): Promise<Float64Array>;
   /** The interface version (see NATIVE_ABI). */
   readonly abi: number;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
