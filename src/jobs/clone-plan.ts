@@ -91,7 +91,7 @@ async function cloneableFiles(o: CloneOptions): Promise<{ target: FileNode; sour
 }
 
 /** The file a raw image maps one to one (no offset), or undefined. */
-async function rawFile(node: BlockNode): Promise<FileNode | undefined> {
+export async function rawFile(node: BlockNode): Promise<FileNode | undefined> {
   const file = node.file;
   if (node.driver !== 'raw' || !(file instanceof FileNode)) return undefined;
   if (node.size === 0) return file;

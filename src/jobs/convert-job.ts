@@ -2,8 +2,11 @@ import { cloneImage, type ReflinkMode } from './clone-plan.js';
 import { copyImage, type CopyOptions } from './copy-engine.js';
 import { Job, type JobOptions } from './job.js';
 
-export type ConvertOptions = Omit<CopyOptions, 'checkpoint' | 'onProgress'> & JobOptions & {
-  /** Clone raw → raw on a file system that shares extents (clone-plan.ts); default 'never'. */
+export type ConvertOptions = Omit<CopyOptions, 'checkpoint' | 'onProgress' | 'kernelCopy'> & JobOptions & {
+  /**
+   * Clone raw → raw on a file system that shares extents (clone-plan.ts), and copy data in the
+   * kernel where both ends are files (host-copy.ts); default 'never': neither.
+   */
   reflink?: ReflinkMode;
 };
 
@@ -20,6 +23,7 @@ export class ConvertJob extends Job<void> {
     this.setTotal(this.opts.sources.reduce((sum, s) => sum + s.size, 0));
     const hooks = { checkpoint: () => this.checkpoint(), onProgress: (n: number) => this.addProgress(n) };
     if (await cloneImage({ ...this.opts, ...hooks, reflink: this.opts.reflink ?? 'never' })) return;
-    await copyImage({ ...this.opts, ...hooks });
+    // copy_file_range may share extents, which --reflink=never rules out.
+    await copyImage({ ...this.opts, ...hooks, kernelCopy: (this.opts.reflink ?? 'never') !== 'never' });
   }
 }

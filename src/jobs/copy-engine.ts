@@ -6,8 +6,9 @@ import { clusterPlan } from './cluster-plan.js';
 import { prepareCompressed, type PreparedPart } from './compressed-copy.js';
 import { compressedTarget, type CompressedTarget } from './compressed-target.js';
 import { DEFAULT_MAX_ZERO, planCopy, type CopyRequest } from './copy-plan.js';
+import { HostCopy } from './host-copy.js';
 import { SourceSpan } from './source-span.js';
-import { sparseRuns } from './sparse-runs.js';
+import { sparseRuns, type SparseRun } from './sparse-runs.js';
 import { WriteOrder } from './write-order.js';
 
 /**
@@ -35,6 +36,12 @@ export interface CopyOptions {
    * by as many requests at once as are in flight, before their turn to be stored.
    */
   compressed?: boolean;
+  /**
+   * Data may be copied in the kernel where both ends are plain files (host-copy.ts). On XFS and
+   * btrfs that copy may share the extents instead, so a caller that promises a real copy
+   * (convert --reflink=never) leaves it off. Default off.
+   */
+  kernelCopy?: boolean;
   /** Largest data request; default 2 MiB (qemu-img's), raised to the target's preferred transfer. */
   bufferSize?: number;
   /** Called before each request: waits while the job is paused, throws once it is cancelled. */
@@ -71,6 +78,8 @@ class CopyRun {
   private failure: unknown;
   /** Zero data for -S 0, shared by all workers (writes never change their buffer). */
   private zeros: Uint8Array | undefined;
+  /** Data copied in the kernel between plain files, where both ends are (host-copy.ts). */
+  private host: HostCopy | undefined;
 
   constructor(private readonly opts: CopyOptions) {
     this.target = opts.target;
@@ -107,6 +116,7 @@ class CopyRun {
       }
       this.targetIsZero = this.failure === undefined;
     }
+    if (this.opts.kernelCopy && !this.compressor) this.host = await HostCopy.create(this.target);
     await Promise.all(Array.from({ length: this.opts.inFlight }, () => this.worker()));
     // Every request has settled, so the target is as consistent as its driver keeps it; flush
     // what was written even when stopping early, then report the first error.
@@ -131,7 +141,9 @@ class CopyRun {
         return this.fail(err);
       }
       try {
-        if (req.kind === 'data') {
+        if (req.kind === 'data' && (await this.hostCopy(req))) {
+          // Copied in the kernel.
+        } else if (req.kind === 'data') {
           buf ??= this.allocate();
           const data = buf.subarray(0, req.length);
           await this.step('reading', req.offset, () => this.span.read(req.offset, data));
@@ -162,12 +174,41 @@ class CopyRun {
     return this.failure === undefined;
   }
 
+  /**
+   * A data request copied in the kernel (host-copy.ts): false when it cannot be, and goes
+   * through memory instead (even after its turn: the request keeps its place in target order).
+   */
+  private async hostCopy(req: CopyRequest): Promise<boolean> {
+    const from = this.host?.route(req);
+    if (!from) return false;
+    const runs = await this.host!.scan(req, from, this.granule, this.opts.sparseSize);
+    if (!runs) return false;
+    if (!(await this.turn(req))) return true;
+    for (const [i, run] of runs.entries()) {
+      if (run.zero) {
+        await this.writeZeroRun(run.offset, run.length);
+      } else if (!(await this.step('writing', run.offset, () => this.host!.copy(req, from, run.offset, run.length)))) {
+        // These files cannot be copied this way after all: the rest goes through memory.
+        const rest = req.offset + req.length - run.offset;
+        const data = this.allocate().subarray(0, rest);
+        await this.step('reading', run.offset, () => this.span.read(run.offset, data));
+        await this.writeRuns(runs.slice(i), run.offset, data);
+        return true;
+      }
+    }
+    return true;
+  }
+
   private async writeData(offset: number, data: Uint8Array): Promise<void> {
-    const write = (at: number, bytes: Uint8Array) => this.step('writing', at, () => this.target.write(at, bytes));
-    if (this.opts.sparseSize === 0) return write(offset, data);
-    for (const run of sparseRuns(data, offset, this.granule, this.opts.sparseSize)) {
+    const runs = this.opts.sparseSize === 0 ? [{ offset, length: data.byteLength, zero: false }] : sparseRuns(data, offset, this.granule, this.opts.sparseSize);
+    await this.writeRuns(runs, offset, data);
+  }
+
+  /** Writes the runs of `data` (at target `offset`): data runs as data, zero runs as zeros. */
+  private async writeRuns(runs: readonly SparseRun[], offset: number, data: Uint8Array): Promise<void> {
+    for (const run of runs) {
       if (run.zero) await this.writeZeroRun(run.offset, run.length);
-      else await write(run.offset, data.subarray(run.offset - offset, run.offset - offset + run.length));
+      else await this.step('writing', run.offset, () => this.target.write(run.offset, data.subarray(run.offset - offset, run.offset - offset + run.length)));
     }
   }
 

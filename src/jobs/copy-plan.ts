@@ -19,6 +19,25 @@ export interface CopyRequest {
   /** Where a data request reads from. */
   source: BlockNode;
   sourceOffset: number;
+  /**
+   * Where a data request's bytes lie in a host file, when all of them lie there in one piece
+   * (block status's hostFile and hostOffset; never for compressed clusters): a copy may then
+   * move them in the kernel (host-copy.ts).
+   */
+  host?: HostRange;
+}
+
+/** The start of a run of bytes stored as they are in a host file (by its node's filename). */
+export interface HostRange {
+  file: string;
+  offset: number;
+}
+
+/** A piece of a pending run whose bytes are contiguous in one host file (file undefined: not known to be). */
+interface HostPiece {
+  start: number;
+  end: number;
+  host: HostRange | undefined;
 }
 
 export interface PlanOptions {
@@ -48,7 +67,7 @@ export async function* planCopy(opts: PlanOptions): AsyncGenerator<CopyRequest> 
   let seq = 0;
   let base = 0;
   for (const source of opts.sources) {
-    let pending: { kind: CopyKind; start: number; end: number } | undefined;
+    let pending: { kind: CopyKind; start: number; end: number; hosts: HostPiece[] } | undefined;
     // Emits the whole pieces of the pending run (all of it when `all`), keeping the remainder.
     const emit = function* (all: boolean): Generator<CopyRequest> {
       while (pending && pending.start < pending.end) {
@@ -56,7 +75,10 @@ export async function* planCopy(opts: PlanOptions): AsyncGenerator<CopyRequest> 
         const boundary = Math.floor((base + pending.start + limit) / limit) * limit - base;
         if (boundary > pending.end && !all) return;
         const end = Math.min(boundary, pending.end);
-        yield { seq: seq++, offset: base + pending.start, length: end - pending.start, kind: pending.kind, source, sourceOffset: pending.start };
+        const req: CopyRequest = { seq: seq++, offset: base + pending.start, length: end - pending.start, kind: pending.kind, source, sourceOffset: pending.start };
+        const host = hostOf(pending.hosts, pending.start, end);
+        if (host) req.host = host;
+        yield req;
         pending.start = end;
       }
       pending = undefined;
@@ -66,7 +88,8 @@ export async function* planCopy(opts: PlanOptions): AsyncGenerator<CopyRequest> 
         for (const [kind, start, end] of classify(e, base, opts.targetBacking)) {
           if (pending && (pending.kind !== kind || pending.end !== start)) yield* emit(true);
           if (pending) pending.end = end;
-          else pending = { kind, start, end };
+          else pending = { kind, start, end, hosts: [] };
+          if (kind === 'data') addHost(pending.hosts, e, start, end);
           yield* emit(false);
         }
       }
@@ -74,6 +97,25 @@ export async function* planCopy(opts: PlanOptions): AsyncGenerator<CopyRequest> 
     yield* emit(true);
     base += source.size;
   }
+}
+
+/** Notes where [start, end) of extent `e` lies in its host file, merged with the piece before when contiguous. */
+function addHost(pieces: HostPiece[], e: Extent, start: number, end: number): void {
+  const host = e.hostOffset !== undefined && e.hostFile !== undefined && !e.compressed ? { file: e.hostFile, offset: e.hostOffset + start - e.offset } : undefined;
+  const last = pieces[pieces.length - 1];
+  if (last && last.end === start && last.host && host && last.host.file === host.file && last.host.offset + (start - last.start) === host.offset) {
+    last.end = end;
+  } else {
+    pieces.push({ start, end, host });
+  }
+}
+
+/** Where [start, end) lies in one host file, if it does; drops the pieces before `start`. */
+function hostOf(pieces: HostPiece[], start: number, end: number): HostRange | undefined {
+  while (pieces.length > 0 && pieces[0]!.end <= start) pieces.shift();
+  const p = pieces[0];
+  if (!p?.host || p.start > start || p.end < end) return undefined;
+  return { file: p.host.file, offset: p.host.offset + start - p.start };
 }
 
 async function* statusLists(source: BlockNode, base: number): AsyncIterable<Extent[]> {

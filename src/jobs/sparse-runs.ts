@@ -1,4 +1,5 @@
 import { isAllZero } from '../core/zero-detect.js';
+import { native } from '../native/index.js';
 
 /** Part of a data buffer: written as data, or left sparse (zero). Offsets are in the target. */
 export interface SparseRun {
@@ -16,6 +17,16 @@ export interface SparseRun {
  * buffer, where skipping it splits no write.
  */
 export function sparseRuns(buf: Uint8Array, offset: number, granule: number, minZero: number): SparseRun[] {
+  const length = buf.byteLength;
+  if (length === 0) return [];
+  // The addon scans the whole buffer in one call: from JS, a call per 4 KiB block was ~8 % of
+  // a copy's time.
+  if (native?.zeroRuns) return withDataRuns(native.zeroRuns(buf, granule, firstBlock(offset, granule, length), minZero), offset, length);
+  return sparseRunsInJs(buf, offset, granule, minZero);
+}
+
+/** sparseRuns without the addon. */
+export function sparseRunsInJs(buf: Uint8Array, offset: number, granule: number, minZero: number): SparseRun[] {
   const length = buf.byteLength;
   if (length === 0) return [];
   if (isAllZero(buf)) return [{ offset, length, zero: true }];
@@ -44,5 +55,27 @@ export function sparseRuns(buf: Uint8Array, offset: number, granule: number, min
     pos = next;
   }
   close(length);
+  return runs;
+}
+
+/** Where the first block of a buffer at target `offset` ends: the next granule boundary. */
+export function firstBlock(offset: number, granule: number, length: number): number {
+  return Math.min(length, granule - (offset % granule));
+}
+
+/**
+ * The addon's answer (the sparse zero runs as [start, end) pairs relative to the buffer) as
+ * SparseRuns covering all `length` bytes at target `offset`: data between the zero runs.
+ */
+export function withDataRuns(zeroRuns: Float64Array, offset: number, length: number): SparseRun[] {
+  const runs: SparseRun[] = [];
+  let pos = 0;
+  for (let i = 0; i < zeroRuns.length; i += 2) {
+    const [start, end] = [zeroRuns[i]!, zeroRuns[i + 1]!];
+    if (start > pos) runs.push({ offset: offset + pos, length: start - pos, zero: false });
+    runs.push({ offset: offset + start, length: end - start, zero: true });
+    pos = end;
+  }
+  if (pos < length) runs.push({ offset: offset + pos, length: length - pos, zero: false });
   return runs;
 }

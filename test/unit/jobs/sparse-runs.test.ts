@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { sparseRuns } from '../../../src/jobs/sparse-runs.js';
+import { sparseRuns, sparseRunsInJs } from '../../../src/jobs/sparse-runs.js';
+import { native } from '../../../src/native/index.js';
 import { pattern } from '../../helpers/bytes.js';
 
 const KiB = 1024;
@@ -39,3 +40,25 @@ test('a partial block at either end counts as a block of its own', () => {
   buf.fill(0, 9 * KiB);
   assert.deepEqual(runs(buf, 3 * KiB, 4 * KiB, 4 * KiB), [[3 * KiB, 1 * KiB, 'zero'], [4 * KiB, 8 * KiB, 'data'], [12 * KiB, 1 * KiB, 'zero']]);
 });
+
+test('the addon finds the same runs as the JS scan, over random buffers, offsets, blocks and minimums', (t) => {
+  if (!native?.zeroRuns) return t.skip('native addon without zeroRuns');
+  const random = lcg(6);
+  for (let i = 0; i < 500; i++) {
+    const granule = 512 * 2 ** Math.floor(random() * 5);
+    const buf = pattern(1 + Math.floor(random() * 40 * KiB), i);
+    // Zero runs of random lengths at random places, some a byte off a block boundary.
+    for (let z = Math.floor(random() * 6); z > 0; z--) {
+      const start = Math.floor(random() * buf.byteLength);
+      buf.fill(0, start, start + Math.floor(random() * 12 * KiB));
+    }
+    const offset = Math.floor(random() * 3 * granule);
+    const minZero = [0, granule, 2 * granule, 8 * KiB][Math.floor(random() * 4)]!;
+    assert.deepEqual(sparseRuns(buf, offset, granule, minZero), sparseRunsInJs(buf, offset, granule, minZero), `case ${i}`);
+  }
+});
+
+function lcg(seed: number): () => number {
+  let x = seed;
+  return () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+}
