@@ -68,3 +68,63 @@ test('a failing request rejects with an errno-shaped error; the others still suc
   });
   assert.deepEqual(new Uint8Array(readFileSync(tmp.path('ro'))), pattern(4096, 5));
 });
+
+test('large reads, split into pieces for several threads, join into one result', async (t) => {
+  if (!needNative(t)) return;
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  // 3 MiB + 5000 bytes: reads that end inside their last piece, at a piece's start, or past the file.
+  const size = 3 * 1024 * 1024 + 5000;
+  const data = pattern(size, 7);
+  writeFileSync(tmp.path('big'), data);
+  const fd = openSync(tmp.path('big'), 'r');
+  t.after(() => closeSync(fd));
+  const cases = [
+    { at: 0, length: 1024 * 1024 },
+    { at: 4096, length: 2 * 1024 * 1024 + 8192 },
+    { at: 2 * 1024 * 1024, length: 1024 * 1024 + 4096 }, // the file ends 904 bytes into the last piece
+    { at: size - 300 * 1024, length: 1024 * 1024 }, // ends in the first piece; the others read nothing
+    { at: size, length: 512 * 1024 },
+    { at: size + 4096, length: 512 * 1024 },
+  ];
+  const reads = cases.map(({ at, length }) => {
+    const buf = new Uint8Array(length).fill(0xee);
+    return queuedRead(fd, buf, at).then((n) => ({ n, buf, at, length }));
+  });
+  for (const { n, buf, at, length } of await Promise.all(reads)) {
+    const expected = Math.max(0, Math.min(length, size - at));
+    assert.equal(n, expected, `read of ${length} at ${at}`);
+    assert.deepEqual(buf.subarray(0, n), data.subarray(at, at + n));
+    assert.ok(buf.subarray(n).every((b) => b === 0xee), 'nothing written past what was read');
+  }
+  // Many large reads at once into one shared buffer (qemu-img bench's pattern) all succeed.
+  const shared = new Uint8Array(1024 * 1024);
+  const counts = await Promise.all(Array.from({ length: 32 }, () => queuedRead(fd, shared, 1024 * 1024)));
+  assert.deepEqual(counts, Array(32).fill(1024 * 1024));
+  assert.deepEqual(shared, data.subarray(1024 * 1024, 2 * 1024 * 1024));
+  // A stream of them, 64 in flight (pieces finishing on different threads in every order), each
+  // checked: a lost or doubled completion hangs or fails here.
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    const buf = new Uint8Array(512 * 1024);
+    for (let i = next++; i < 4096; i = next++) {
+      const at = (i * 4096) % (size - buf.byteLength);
+      assert.equal(await queuedRead(fd, buf, at), buf.byteLength);
+      assert.equal(Buffer.compare(buf, data.subarray(at, at + buf.byteLength)), 0, `read ${i} at ${at}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 64 }, worker));
+});
+
+test('a large read that fails rejects once, with the errno of its pieces', async (t) => {
+  if (!needNative(t)) return;
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  const fd = openSync(tmp.path('wo'), 'w');
+  t.after(() => closeSync(fd));
+  await assert.rejects(queuedRead(fd, new Uint8Array(1024 * 1024), 0), (err: NodeJS.ErrnoException) => {
+    assert.equal(err.code, 'EBADF');
+    assert.equal(err.syscall, 'pread');
+    return true;
+  });
+});
