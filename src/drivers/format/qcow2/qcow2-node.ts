@@ -224,8 +224,10 @@ export class Qcow2Node extends BlockNode {
   protected async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
     for (let done = 0; done < into.byteLength;) {
       const pos = offset + done;
-      const run = await this.mapping.mapRun(pos, into.byteLength - done);
-      const dst = into.subarray(done, done + run.length);
+      // The mapping answers at once when the L2 slice is cached: no await (a microtask) then.
+      const mapped = this.mapping.mapRun(pos, into.byteLength - done);
+      const run = mapped instanceof Promise ? await mapped : mapped;
+      const dst = run.length === into.byteLength ? into : into.subarray(done, done + run.length);
       switch (run.sub) {
         case Sub.Normal:
           await readHost(this.dataFile, run.host, dst, opts);
@@ -415,8 +417,13 @@ function lazyRefcountsWanted(h: Qcow2Header, opts: Qcow2Options): boolean {
 }
 
 /** Host reads past the end of the host file read zeros, as QEMU's block layer makes them. */
-async function readHost(node: BlockNode, host: number, dst: Uint8Array, opts: IoOptions): Promise<void> {
+function readHost(node: BlockNode, host: number, dst: Uint8Array, opts: IoOptions): Promise<void> {
   const n = Math.max(0, Math.min(dst.byteLength, node.size - host));
+  // The common case passes the node's promise straight on: no frame of its own.
+  return n === dst.byteLength ? node.read(host, dst, opts) : readHostShort(node, host, dst, n, opts);
+}
+
+async function readHostShort(node: BlockNode, host: number, dst: Uint8Array, n: number, opts: IoOptions): Promise<void> {
   if (n > 0) await node.read(host, dst.subarray(0, n), opts);
-  if (n < dst.byteLength) dst.fill(0, n);
+  dst.fill(0, n);
 }
