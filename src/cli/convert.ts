@@ -3,9 +3,7 @@ import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import type { CacheMode } from '../drivers/protocol/file/index.js';
 import type { ReflinkMode } from '../jobs/clone-plan.js';
-import { compressedTarget } from '../jobs/compressed-target.js';
 import { ConvertJob } from '../jobs/convert-job.js';
-import { jobInfo } from '../jobs/job-info.js';
 import type { Job } from '../jobs/job.js';
 import { registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
@@ -35,6 +33,9 @@ only what the sources hold is copied, zeros stay sparse (-S, default 4k; -S 0 al
   --output=json  one JSON object per line as the copy runs and when it ends (QMP's query-jobs
               names: id, type, status, current-progress, total-progress, error)
 ${TIMEOUT_HELP}`;
+
+/** --output=json's line maker, loaded only for it. */
+type JobInfo = (typeof import('../jobs/job-info.js'))['jobInfo'];
 
 const SECTOR = 512;
 /** Formats whose images take compressed clusters (QEMU's block_driver_can_compress). */
@@ -147,9 +148,11 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
     await refuseSourceAsTarget(sources, a.target);
     if (!a.skipCreate) await createTarget(a, total);
     target = await openStorage(a.target, { format: a.outFormat, cache: a.targetCache ?? 'unsafe' }, timeouts);
-    if (a.compressed && !compressedTarget(target)) throw new UsageError('Compression not supported for this file format');
+    if (a.compressed && !(await import('../jobs/compressed-target.js')).compressedTarget(target)) throw new UsageError('Compression not supported for this file format');
     if (a.skipCreate && target.size < total) throw new BlockError('EINVAL', 'output file is smaller than input file', { op: 'convert' });
 
+    // Loaded before the job exists, so that its first state change is seen.
+    const jobInfo = a.output === 'json' ? (await import('../jobs/job-info.js')).jobInfo : undefined;
     const job = new ConvertJob({
       sources,
       target,
@@ -164,7 +167,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
       reflink: a.reflink,
       compressed: a.compressed,
     });
-    const reporting = a.output === 'json' ? reportJson(job, io, a.quiet)
+    const reporting = jobInfo ? reportJson(job, io, a.quiet, jobInfo)
       : total > 0 ? (async () => {
         for await (const e of job.events()) if (e.type === 'progress' && e.done > 0) progress.print((100 * e.done) / total, 0);
       })() : undefined;
@@ -193,7 +196,7 @@ export async function convert(argv: string[], io: CliIo): Promise<number> {
  * whenever another whole percent is done (not with -q), and one when it concludes, with the
  * error if it failed.
  */
-async function reportJson(job: Job<void>, io: CliIo, quiet: boolean): Promise<void> {
+async function reportJson(job: Job<void>, io: CliIo, quiet: boolean, jobInfo: JobInfo): Promise<void> {
   const line = () => io.stdout.write(JSON.stringify(jobInfo(job, 'convert')) + '\n');
   // The line for the start shows 0%; progress lines follow from 1% on.
   let percent = 0;

@@ -2,9 +2,8 @@ import type { BlockNode } from '../core/block-node.js';
 import { BlockError } from '../core/errors.js';
 import { zeroBuffer } from '../core/zero-detect.js';
 import { native } from '../native/index.js';
-import { clusterPlan } from './cluster-plan.js';
-import { prepareCompressed, type PreparedPart } from './compressed-copy.js';
-import { compressedTarget, type CompressedTarget } from './compressed-target.js';
+import type { PreparedPart } from './compressed-copy.js';
+import type { CompressedTarget } from './compressed-target.js';
 import { DEFAULT_MAX_ZERO, planCopy, type CopyRequest } from './copy-plan.js';
 import { HostCopy } from './host-copy.js';
 import { SourceSpan } from './source-span.js';
@@ -61,7 +60,15 @@ export async function copyImage(opts: CopyOptions): Promise<void> {
   if (!Number.isSafeInteger(opts.inFlight) || opts.inFlight < 1) {
     throw new BlockError('EINVAL', `Requests in flight must be at least 1, not ${opts.inFlight}`, { op: 'copy' });
   }
-  await new CopyRun(opts).run();
+  await new CopyRun(opts, opts.compressed ? await loadCompression() : undefined).run();
+}
+
+/** What a compressed copy (convert -c) adds: loaded only for one, as each module is start-up time. */
+type Compression = typeof import('./cluster-plan.js') & typeof import('./compressed-copy.js') & typeof import('./compressed-target.js');
+
+async function loadCompression(): Promise<Compression> {
+  const [plan, copy, target] = await Promise.all([import('./cluster-plan.js'), import('./compressed-copy.js'), import('./compressed-target.js')]);
+  return { ...plan, ...copy, ...target };
 }
 
 class CopyRun {
@@ -81,14 +88,14 @@ class CopyRun {
   /** Data copied in the kernel between plain files, where both ends are (host-copy.ts). */
   private host: HostCopy | undefined;
 
-  constructor(private readonly opts: CopyOptions) {
+  constructor(private readonly opts: CopyOptions, private readonly compression: Compression | undefined) {
     this.target = opts.target;
     this.targetIsZero = opts.targetIsZero;
     const limits = this.target.limits;
     let bufferSize = Math.min(MAX_BUFFER_SIZE, Math.max(opts.bufferSize ?? DEFAULT_BUFFER_SIZE, limits.optTransfer));
     this.granule = Math.max(pow2floor(opts.sparseSize), limits.requestAlignment, 1);
     this.span = new SourceSpan(opts.sources);
-    this.compressor = opts.compressed ? compressedTarget(this.target) : undefined;
+    this.compressor = compression?.compressedTarget(this.target);
     const cs = this.compressor?.clusterSize;
     if (opts.compressed && cs === undefined) throw new BlockError('ENOTSUP', 'Compression not supported for this file format', { op: 'copy' });
     // Compressed data requests are whole clusters.
@@ -100,7 +107,7 @@ class CopyRun {
     } else {
       // With -S 0 zeros are compressed like data: zero requests no longer than a data buffer.
       const maxZero = opts.sparseSize === 0 ? bufferSize : DEFAULT_MAX_ZERO;
-      this.plan = clusterPlan(plan, { span: this.span, clusterSize: cs, maxData: bufferSize, maxZero })[Symbol.asyncIterator]();
+      this.plan = compression!.clusterPlan(plan, { span: this.span, clusterSize: cs, maxData: bufferSize, maxZero })[Symbol.asyncIterator]();
     }
     this.order = opts.outOfOrder ? undefined : new WriteOrder();
   }
@@ -218,7 +225,7 @@ class CopyRun {
    * target order wins, as in qemu-img, whose compressed writes fail in order.
    */
   private async compressed(req: CopyRequest, data: Uint8Array): Promise<void> {
-    const prepared = await this.step('writing', req.offset, () => prepareCompressed(this.compressor!, req.offset, data, this.opts.sparseSize > 0))
+    const prepared = await this.step('writing', req.offset, () => this.compression!.prepareCompressed(this.compressor!, req.offset, data, this.opts.sparseSize > 0))
       .then((parts) => ({ parts }), (error: unknown) => ({ error }));
     if (!(await this.turn(req))) return;
     if ('error' in prepared) throw prepared.error;

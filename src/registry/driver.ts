@@ -120,4 +120,9 @@ export interface DriverDef {
   create?(req: CreateRequest): Promise<void>;
   /** Measures what an image of this format would take, for a size or an input image. */
   measure?(req: MeasureRequest): Promise<MeasureInfo>;
+  /**
+   * A stand-in whose code loads on first use (lazy-driver.ts): it knows its names and kind, and
+   * `load()` gives the driver itself, whose `options` and the rest are the ones that count.
+   */
+  load?(): Promise<DriverDef>;
 }

@@ -1,20 +1,24 @@
 import type { BlockNode } from '../core/block-node.js';
-import { copyOnReadDriver } from '../drivers/filter/copy-on-read/index.js';
-import { preallocateDriver } from '../drivers/filter/preallocate/index.js';
 import { rawDriver } from '../drivers/format/raw/index.js';
 import { qcow2Driver } from '../drivers/format/qcow2/index.js';
 import { fileDriver } from '../drivers/protocol/file/index.js';
-import { memoryDriver } from '../drivers/protocol/memory/index.js';
 import { nbdDriver } from '../drivers/protocol/nbd/index.js';
-import { nullDriver } from '../drivers/protocol/null/index.js';
 import type { NodeSpec, OpenOptions } from './driver.js';
 import { Registry } from './registry.js';
 import { knownFormats } from './known-formats.js';
+import { lazyDriver } from './lazy-driver.js';
 
 export { Registry, parseFilename, PROBE_BYTES } from './registry.js';
 export type { DriverDef, NodeSpec, OpenContext, OpenOptions } from './driver.js';
 export type { OpenGate } from './open-gate.js';
 export { DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
+
+/** Drivers few commands use: their modules load when first opened. */
+const memoryDriver = lazyDriver({ name: 'memory', kind: 'protocol' }, async () => (await import('../drivers/protocol/memory/index.js')).memoryDriver);
+const nullDriver = lazyDriver({ name: 'null', aliases: ['null-co'], kind: 'protocol' }, async () => (await import('../drivers/protocol/null/index.js')).nullDriver);
+const preallocateDriver = lazyDriver({ name: 'preallocate', kind: 'filter' }, async () => (await import('../drivers/filter/preallocate/index.js')).preallocateDriver);
+const copyOnReadDriver = lazyDriver({ name: 'copy-on-read', kind: 'filter', inserts: true },
+  async () => (await import('../drivers/filter/copy-on-read/index.js')).copyOnReadDriver);
 
 /** The registry with every built-in driver. */
 // Registration replaces by name, so a real driver listed after the known-format stubs wins.

@@ -136,7 +136,8 @@ export class Registry {
     if (typeof spec.driver !== 'string') {
       throw new BlockError('EINVAL', "A node spec needs a 'driver' string", { op: 'open' });
     }
-    const driver = this.get(spec.driver);
+    const named = this.get(spec.driver);
+    const driver = named.load ? await named.load() : named;
     const allowed = new Set([...COMMON_OPTIONS, ...driver.options]);
     for (const key of Object.keys(spec)) {
       if (!allowed.has(key)) {
