@@ -209,6 +209,20 @@ export class Qcow2Tables {
     await this.writeL1();
   }
 
+  /**
+   * Forgets every L2 table: the caller rebuilt the image empty, with an all-zero L1 table of the
+   * same size at `offset` (make-empty). Nothing may be unwritten.
+   */
+  reset(offset: number): void {
+    this.l1.fill(0);
+    this.l1Copied.fill(false);
+    this.l1Reserved.clear();
+    this.l1TableOffset = offset;
+    this.l1Dirty = false;
+    this.cache.clear();
+    this.version++;
+  }
+
   /** Drops cached slices nobody used since the last call (cache-clean-interval); returns how many. */
   cleanUnused(): number {
     return this.cache.cleanUnused();
