@@ -5,6 +5,7 @@ import { copyImage } from './copy-engine.js';
 import { Job, type JobOptions } from './job.js';
 import { makeEmpty } from './make-empty.js';
 import { RateLimit } from './rate-limit.js';
+import { WritebackAhead } from './writeback-ahead.js';
 
 export interface CommitOptions extends JobOptions {
   /**
@@ -43,24 +44,36 @@ export class CommitJob extends Job<void> {
     this.setTotal(top.size);
     if (base.size < top.size) await grow(base, top.size);
     const view = new AboveBaseView(top, layers, new RateLimit(this.opts.rateLimit ?? 0));
-    await copyImage({
-      sources: [view],
-      target: base,
-      targetIsZero: false,
-      // What the images above the base leave unallocated stays as the base has it.
-      targetBacking: { size: Infinity },
-      // Zeros are looked for in whole units of what the base can zero cheaply (a qcow2
-      // cluster or subcluster, a file system block), so that a zero block becomes a zero
-      // cluster or a hole instead of a partial zero write.
-      sparseSize: sparseUnit(base),
-      inFlight: this.opts.inFlight ?? 4,
-      // Large requests: the fewer trips through the layers per byte, the less a commit costs
-      // beside the copying itself (8 MiB measured best against 2 MiB to 16 MiB).
-      bufferSize: 8 * 1024 * 1024,
-      outOfOrder: true,
-      checkpoint: () => this.checkpoint(),
-      onProgress: (n) => this.addProgress(n),
-    });
+    // The base's writeback starts as the copy goes, so that the flush ending it is short.
+    const ahead = new WritebackAhead(base);
+    try {
+      await copyImage({
+        sources: [view],
+        target: base,
+        targetIsZero: false,
+        // What the images above the base leave unallocated stays as the base has it.
+        targetBacking: { size: Infinity },
+        // Zeros are looked for in whole units of what the base can zero cheaply (a qcow2
+        // cluster or subcluster, a file system block), so that a zero block becomes a zero
+        // cluster or a hole instead of a partial zero write.
+        sparseSize: sparseUnit(base),
+        inFlight: this.opts.inFlight ?? 4,
+        // Large requests: the fewer trips through the layers per byte, the less a commit costs
+        // beside the copying itself (8 MiB measured best against 2 MiB to 16 MiB).
+        bufferSize: 8 * 1024 * 1024,
+        outOfOrder: true,
+        checkpoint: () => this.checkpoint(),
+        onProgress: (n) => {
+          this.addProgress(n);
+          ahead.moved(n);
+        },
+      });
+    } catch (err) {
+      // No start may outlive the copy: the caller closes the base's files next.
+      await ahead.settle().catch(() => undefined);
+      throw err;
+    }
+    await ahead.settle();
     if (this.opts.keepTop) return;
     await this.checkpoint();
     try {
