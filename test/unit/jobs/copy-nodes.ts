@@ -82,7 +82,11 @@ export class ScriptedSource extends BlockNode {
       if (e.offset >= end) break;
       const from = Math.max(e.offset, offset);
       const to = Math.min(e.offset + e.length, end);
-      out.push({ offset: from, length: to - from, data: e.data, zero: e.zero, present: e.present, depth: e.depth });
+      const x: Extent = { offset: from, length: to - from, data: e.data, zero: e.zero, present: e.present, depth: e.depth };
+      // Where a test placed the extent in a host file (copy-plan's host ranges).
+      if (e.hostOffset !== undefined) Object.assign(x, { hostOffset: e.hostOffset + from - e.offset, hostFile: e.hostFile });
+      if (e.compressed) x.compressed = true;
+      out.push(x);
       if (out.length === (this.hooks.batch ?? Infinity)) break;
     }
     const last = out[out.length - 1]!;

@@ -57,3 +57,27 @@ test('a block-status failure names the offset', async () => {
   } });
   await assert.rejects(plan({ sources: [broken], maxData: 64 * KiB }), /^BlockError: error while reading block status at offset 8192: Input\/output error$/);
 });
+
+test('a data request names its place in a host file only when all of it lies there in one piece, never compressed', async () => {
+  // Four 8 KiB data extents: host-contiguous pairs [0, 16k) and [16k, 32k) far apart, then a
+  // compressed one, then one with no host offset.
+  const src = new ScriptedSource([...Array.from({ length: 6 }, () => ({ byte: 1, length: 8 * KiB }))]);
+  const host = [100 * KiB, 108 * KiB, 500 * KiB, 508 * KiB, 900 * KiB, undefined];
+  src.extentList.forEach((e, i) => {
+    if (host[i] !== undefined) Object.assign(e, { hostOffset: host[i], hostFile: 'img' });
+    if (i === 4) e.compressed = true;
+  });
+  const reqs: CopyRequest[] = [];
+  for await (const r of planCopy({ sources: [src], maxData: 16 * KiB })) reqs.push(r);
+  assert.deepEqual(reqs.map((r) => [r.offset, r.length, r.host]), [
+    [0, 16 * KiB, { file: 'img', offset: 100 * KiB }],
+    [16 * KiB, 16 * KiB, { file: 'img', offset: 500 * KiB }],
+    [32 * KiB, 16 * KiB, undefined],
+  ]);
+  // Requests across a host discontinuity (or into a compressed extent) have none; one inside a piece keeps its own.
+  const reqs8: CopyRequest[] = [];
+  for await (const r of planCopy({ sources: [src], maxData: 12 * KiB })) reqs8.push(r);
+  assert.deepEqual(reqs8.map((r) => [r.offset, r.length, r.host?.offset]), [
+    [0, 12 * KiB, 100 * KiB], [12 * KiB, 12 * KiB, undefined], [24 * KiB, 12 * KiB, undefined], [36 * KiB, 12 * KiB, undefined],
+  ]);
+});
