@@ -73,7 +73,9 @@ export async function createFile(path: string, size: number, preallocation: File
     }
     await fh.truncate(size);
     if (preallocation === 'off' && size > 0) await fh.write(new Uint8Array(Math.min(FIRST_BLOCK, size)), 0, Math.min(FIRST_BLOCK, size), 0);
-    await fh.datasync();
+    // As QEMU's raw create: only a full preallocation is synced (a sync here cost a convert to
+    // a new raw file on XFS 90 ms, most of its time).
+    if (preallocation === 'full') await fh.datasync();
   } catch (err) {
     throw err instanceof BlockError ? err : fromSystemError(err, ctx);
   } finally {
