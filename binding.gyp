@@ -13,7 +13,9 @@
         "native/datamap.cc",
         "native/ioqueue.cc",
         "native/direct-io.cc",
-        "native/writeback.cc"
+        "native/writeback.cc",
+        "native/nbd-plane.cc",
+        "native/nbd-plane-core.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

@@ -16,6 +16,7 @@ void InitDataMap(Napi::Env env, Napi::Object exports);  // datamap.cc
 void InitIoQueue(Napi::Env env, Napi::Object exports);  // ioqueue.cc
 void InitDirectIo(Napi::Env env, Napi::Object exports);  // direct-io.cc
 void InitWriteback(Napi::Env env, Napi::Object exports);  // writeback.cc
+void InitNbdPlane(Napi::Env env, Napi::Object exports);  // nbd-plane.cc
 
 }  // namespace vdisk
 

@@ -36,6 +36,45 @@ export interface IoQueueHandle {
   close(): void;
 }
 
+/** Options of the NBD server's native data plane (native/nbd-plane.cc). */
+export interface NbdPlaneOptions {
+  /** Export size in bytes. */
+  size: number;
+  structured: boolean;
+  writable: boolean;
+  /** Worker threads, started as requests back up. */
+  threads: number;
+  /** Forwarded requests at once, and their bytes, above which no request is read. */
+  maxRequests: number;
+  maxBufferedBytes: number;
+  /** Longest READ or WRITE the threads serve themselves; longer ones are forwarded. */
+  maxNativeLength: number;
+  /** How long a client may keep its side open after the server's FIN. */
+  lingerMs: number;
+}
+
+/** An event from the data plane: a forwarded request, a protocol violation, or the end. */
+export type NbdPlaneEvent =
+  | { event?: undefined; type: number; flags: number; cookieHigh: number; cookieLow: number; offsetHigh: number;
+    offsetLow: number; offset: number; length: number; payload?: Buffer; charge: number }
+  | { event: 'violation'; message: string }
+  | { event: 'closed' };
+
+export interface NbdPlaneHandle {
+  /** A forwarded request's reply (copied at once) and the charge its request came with. */
+  reply(buffers: Uint8Array[], charge: number): void;
+  /** Read no more requests; answer those in hand, then close. */
+  shutdown(): void;
+  /** Close at once; replies not yet sent are dropped. */
+  destroy(): void;
+  /** [requests executing, reading (0/1), bytes held, most bytes held] */
+  stats(): Float64Array;
+  /** Writes the plane has completed so far. */
+  writes(): number;
+  /** After the 'closed' event: joins the threads. */
+  close(): void;
+}
+
 export interface NativeAddon {
   /** lseek(SEEK_DATA): first data byte at or after offset; -1 on ENXIO (no data at/after offset). */
   seekData(fd: number, offset: number): number;
@@ -119,6 +158,11 @@ export interface NativeAddon {
   fileZeroRuns?(fd: number, offset: number, length: number, granule: number, first: number, minZero: number): Promise<Float64Array>;
   /** The interface version (see NATIVE_ABI). */
   readonly abi: number;
+  /**
+   * The NBD server's native data plane for one connection: serves READ and WRITE on `fileFd`
+   * itself and forwards every other request. Both descriptors are duplicated.
+   */
+  NbdPlane: new (socketFd: number, fileFd: number, opts: NbdPlaneOptions, initial: Uint8Array, onEvents: (events: NbdPlaneEvent[]) => void) => NbdPlaneHandle;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
@@ -155,7 +199,7 @@ const ADDON_PATH = '../../build/Release/vdisk_native.node';
  * The interface version this loader speaks (kAbi in native/vdisk.cc): a build whose functions
  * have the right names but older meanings must not be used.
  */
-const NATIVE_ABI = 2;
+const NATIVE_ABI = 3;
 
 const REQUIRED: readonly (keyof NativeAddon)[] = [
   'seekData',
@@ -177,6 +221,7 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'dioAlignment',
   'isAlignedBuffer',
   'syncFileRange',
+  'NbdPlane',
 ];
 
 function disabledByEnv(): boolean {

@@ -6,6 +6,7 @@ import {
 import { ByteQueue } from './byte-queue.js';
 import { executeRequest, type Session } from './commands.js';
 import { MAX_OPTION_LENGTH, negotiate, ProtocolError, type HandshakeHost, type HandshakeIo } from './handshake.js';
+import { planeFile, PlaneTransmission } from './native-plane.js';
 import { replyPool } from './reply-pool.js';
 import type { TlsCredentials } from './tls.js';
 
@@ -43,6 +44,9 @@ const HANDSHAKE_BUFFER = 2 * (MAX_OPTION_LENGTH + 16);
 /** How long a client may keep its side open after the server has said goodbye. */
 const LINGER_MS = 30_000;
 
+/** Input the native data plane takes over with the socket (its own buffer's size). */
+const PLANE_INITIAL_MAX = 256 * 1024;
+
 type Phase = 'handshake' | 'transmission' | 'draining' | 'closed';
 
 export interface ConnectionStats {
@@ -54,6 +58,8 @@ export interface ConnectionStats {
   reading: boolean;
   bufferedBytes: number;
   peakBufferedBytes: number;
+  /** The native data plane serves the transmission phase (see native-plane.ts). */
+  native: boolean;
 }
 
 /**
@@ -92,6 +98,8 @@ export class NbdConnection implements HandshakeIo {
   /** Pool buffers handed to the socket, oldest first: each one's write callback returns the oldest. */
   private readonly sending: Buffer[] = [];
   private readonly onSent = (err?: Error | null) => this.sent(err);
+  /** The native data plane, when it serves this connection's transmission phase. */
+  private plane: PlaneTransmission | undefined;
 
   constructor(socket: net.Socket, private readonly host: ConnectionHost) {
     this.socket = socket;
@@ -106,11 +114,16 @@ export class NbdConnection implements HandshakeIo {
 
   /** Bytes held right now: unparsed input, requests in flight, replies not yet sent. */
   get bufferedBytes(): number {
+    if (this.plane) return this.plane.stats.bufferedBytes;
     return this.queue.length + this.inFlightBytes + this.socket.writableLength;
   }
 
   /** For monitoring and tests: the state of this client's flow control. */
   get stats(): ConnectionStats {
+    if (this.plane) {
+      const { inFlight, reading, bufferedBytes, peakBufferedBytes } = this.plane.stats;
+      return { exportName: this.session?.exp.name, phase: this.phase, inFlight, reading, bufferedBytes, peakBufferedBytes, native: true };
+    }
     return {
       exportName: this.session?.exp.name,
       phase: this.phase,
@@ -118,6 +131,7 @@ export class NbdConnection implements HandshakeIo {
       reading: !this.paused,
       bufferedBytes: this.bufferedBytes,
       peakBufferedBytes: this.peakBufferedBytes,
+      native: false,
     };
   }
 
@@ -131,6 +145,7 @@ export class NbdConnection implements HandshakeIo {
 
   /** Graceful stop: no new requests, the ones in flight finish and are answered, then the socket closes. */
   shutdown(): Promise<void> {
+    if (this.plane) return this.plane.shutdown().then(() => this.closed);
     if (this.phase === 'handshake') this.fail(new ProtocolError('the server is shutting down'));
     else if (this.phase === 'transmission') this.finish();
     return this.closed;
@@ -138,7 +153,8 @@ export class NbdConnection implements HandshakeIo {
 
   /** Drops the client at once (requests in flight still finish on the image; their replies are lost). */
   destroy(): void {
-    this.socket.destroy();
+    if (this.plane) this.plane.destroy();
+    else this.socket.destroy();
   }
 
   // ---- handshake --------------------------------------------------------------------------------
@@ -149,12 +165,55 @@ export class NbdConnection implements HandshakeIo {
       clearTimeout(this.timer);
       if (!session) return this.finish();
       this.session = session;
+      if (await this.handOver(session)) return;
       this.phase = 'transmission';
       this.resume();
       this.pump();
     } catch (err) {
       this.fail(err);
     }
+  }
+
+  /**
+   * Hands the socket to the native data plane when the export allows it (see planeFile): the
+   * plane takes a duplicate of the descriptor and whatever input came after the handshake, and
+   * Node's socket is closed without a shutdown, so the connection lives on in the plane. TLS
+   * stays here (the bytes on the wire are not requests), and so does a socket with input Node
+   * holds where we cannot take it (paused in the handshake).
+   */
+  private async handOver(session: Session): Promise<boolean> {
+    const file = planeFile(session.exp.node);
+    const s = this.socket;
+    const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (!file || this.tlsActive || typeof fd !== 'number' || fd < 0) return false;
+    // The handshake's last reply must be on the wire before the plane writes.
+    if (s.writableLength > 0) {
+      await new Promise<void>((resolve) => {
+        const done = () => (s.off('drain', done).off('close', done), resolve());
+        s.on('drain', done).on('close', done);
+      });
+      if (this.socketClosed) return true;
+    }
+    if (this.paused || s.readableLength > 0 || this.queue.length > PLANE_INITIAL_MAX) return false;
+    let plane: PlaneTransmission;
+    try {
+      plane = new PlaneTransmission(fd, file, session, { ...this.host.limits, lingerMs: LINGER_MS }, this.queue.drain(), (m) => this.host.log(m));
+    } catch (err) {
+      this.host.log(`serving the client without the native data plane: ${(err as Error).message}`);
+      return false;
+    }
+    this.plane = plane;
+    this.phase = 'transmission';
+    this.detach(s);
+    s.on('error', () => {});
+    s.destroy();
+    void plane.closed.then(() => {
+      this.peakBufferedBytes = Math.max(this.peakBufferedBytes, plane.stats.peakBufferedBytes);
+      this.phase = 'closed';
+      this.socketClosed = true;
+      this.resolveClosed();
+    });
+    return true;
   }
 
   read(n: number): Promise<Buffer> {

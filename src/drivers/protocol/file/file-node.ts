@@ -141,6 +141,16 @@ export class FileNode extends BlockNode {
     return this.fh.fd;
   }
 
+  /** QEMU's cache mode this file was opened with. */
+  get cacheMode(): CacheMode {
+    return this.cache;
+  }
+
+  /** Another writer of this descriptor changed the file (the NBD server's native data plane): cached holes may be data now. */
+  dropCachedHoles(): void {
+    this.dataMap = undefined;
+  }
+
   /** How cache=none/directsync is kept: O_DIRECT, or pages dropped behind the I/O; undefined for cached modes. */
   get uncachedBy(): 'o-direct' | 'evict-behind' | undefined {
     return this.directAlignment > 0 ? 'o-direct' : this.evict ? 'evict-behind' : undefined;
