@@ -210,7 +210,7 @@ function stderrOf(err: unknown): string {
 }
 
 /** User + system CPU seconds of a command and its threads (GNU time), its output discarded; fails loudly. */
-async function cpuCommand(cmd: string, args: string[]): Promise<number> {
+export async function cpuCommand(cmd: string, args: string[]): Promise<number> {
   const err = await new Promise<string>((resolve, reject) => {
     const child = spawn('/usr/bin/time', ['-f', 'cpu=%U+%S', cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     let text = '';
