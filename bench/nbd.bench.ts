@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -109,6 +109,19 @@ interface FioSide {
   iops: number;
   bw_bytes: number;
   io_bytes: number;
+  total_ios: number;
+}
+
+const TICKS_PER_SECOND = 100;
+
+/**
+ * CPU seconds a process has used, all its threads, user and system (/proc/PID/stat fields 14
+ * and 15, in clock ticks; Linux's USER_HZ is 100 wherever this benchmark runs).
+ */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
 /**
@@ -120,11 +133,15 @@ async function fioRun(server: ServerName, format: Format, workload: Workload): P
   const file = fixture()[format];
   const { proc, socket } = await startServer(server, format, file);
   let out: string;
+  let cpu: number;
   try {
+    // The server's CPU while fio runs, so each row can say what a request costs the server.
+    const before = cpuSeconds(proc.pid!);
     out = await commandOutput('fio', [
       '--name=nbd', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${socket}`, '--size=1g',
       ...WORKLOADS[workload].args, '--output-format=json',
     ]);
+    cpu = cpuSeconds(proc.pid!) - before;
   } finally {
     await stopServer(proc);
   }
@@ -132,6 +149,7 @@ async function fioRun(server: ServerName, format: Format, workload: Workload): P
   const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error: number; read: FioSide; write: FioSide }[] }).jobs[0]!;
   if (job.error !== 0) throw new Error(`fio against ${server} failed with error ${job.error}`);
   const side = job.write.io_bytes > 0 ? job.write : job.read;
+  console.error(`    ${server}, ${format}, ${workload}: ${Math.round(side.iops)} ops/s, server CPU ${(cpu * 1e6 / side.total_ios).toFixed(1)} µs per request`);
   return WORKLOADS[workload].unit === 'ops/s' ? side.iops : side.bw_bytes / GiB;
 }
 
