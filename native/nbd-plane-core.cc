@@ -145,7 +145,7 @@ void Plane::Stop() {
 
 PlaneStats Plane::Stats() {
   bool can_read = busy_ < alive_ || alive_ < cfg_.max_threads;
-  return {in_flight_, !stop_reading_ && HasRoom() && can_read, Held(), peak_};
+  return {in_flight_, !stop_reading_ && HasRoom() && can_read, Held(), peak_, mapped_reads_};
 }
 
 // ---- counts -------------------------------------------------------------------------------------
@@ -325,7 +325,8 @@ bool Plane::Native(const Request& r) const {
   }
   // FUA writes are rare; JavaScript knows what each cache mode makes of them.
   // A probed raw image checks writes to sector 0, so those go there too.
-  return r.type == kCmdWrite && cfg_.writable && r.flags == 0 && r.offset >= 512;
+  // With a cluster map (qcow2), writes change what the map says: JavaScript does them.
+  return r.type == kCmdWrite && !cfg_.map && cfg_.writable && r.flags == 0 && r.offset >= 512;
 }
 
 void Plane::Worker() {
@@ -364,6 +365,7 @@ void Plane::Worker() {
 // already buffered, up to a batch. Forwarded ones go to JavaScript at once.
 // False when reading has stopped; the batch taken so far is still served.
 bool Plane::TakeBatch(WorkerState* w) {
+  w->hosts.clear();
   if (!WaitForRoom()) return false;
   size_t used = 0;
   size_t taken = 0;
@@ -405,7 +407,8 @@ bool Plane::TakeOne(WorkerState* w, size_t* used) {
     Violation("write payload of " + std::to_string(r.length) + " bytes");
     return false;
   }
-  if (Native(r)) {
+  size_t host_at = 0, host_count = 0;
+  if (Native(r) && (!cfg_.map || MapRead(w, r, &host_at, &host_count))) {
     size_t at = *used;
     *used += kHeadroom + r.length;
     if (w->buf.size() < *used) w->buf.resize(*used);
@@ -417,7 +420,7 @@ bool Plane::TakeOne(WorkerState* w, size_t* used) {
         return false;
       }
     }
-    w->batch.push_back({r, at});
+    w->batch.push_back({r, at, host_at, host_count});
     in_flight_++;
     held_ += r.length;
     NotePeak();
@@ -525,6 +528,10 @@ void Plane::ServeBatch(WorkerState* w) {
 bool Plane::ServeRead(WorkerState* w, const Slot& s, bool alone) {
   const Request& r = s.req;
   uint8_t* data = w->buf.data() + s.at + kHeadroom;
+  if (s.host_count > 0) {
+    if (!ReadMapped(w, s, data)) return false;
+    return AddDataReply(w, r, data);
+  }
   Run runs[kMaxRuns];
   size_t count = 1;
   runs[0] = {r.offset, r.length, true};
@@ -548,18 +555,7 @@ bool Plane::ServeRead(WorkerState* w, const Slot& s, bool alone) {
       done += static_cast<uint64_t>(k);
     }
   }
-  if (!cfg_.structured) {
-    EncodeSimpleReply(data - kSimpleReplySize, r, 0);
-    w->iov.push_back({data - kSimpleReplySize, kSimpleReplySize + r.length});
-    return true;
-  }
-  if (count == 1 && runs[0].data) {
-    uint8_t* h = data - kChunkHeaderSize - 8;
-    EncodeChunk(h, r, kReplyFlagDone, kReplyOffsetData, 8 + r.length);
-    Put64(h + kChunkHeaderSize, r.offset);
-    w->iov.push_back({h, kChunkHeaderSize + 8 + r.length});
-    return true;
-  }
+  if (!cfg_.structured || (count == 1 && runs[0].data)) return AddDataReply(w, r, data);
   // One chunk per run (a hole may be all of it), DONE on the last; a sparse
   // read is alone in its batch, so the headers have the worker's array to themselves.
   constexpr size_t kHeader = kChunkHeaderSize + 12;
@@ -580,6 +576,72 @@ bool Plane::ServeRead(WorkerState* w, const Slot& s, bool alone) {
       w->iov.push_back({h, kChunkHeaderSize + 12});
     }
   }
+  return true;
+}
+
+// A read's reply with all its data: a simple reply, or one OFFSET_DATA chunk,
+// its header in the headroom before the data.
+bool Plane::AddDataReply(WorkerState* w, const Request& r, uint8_t* data) {
+  if (!cfg_.structured) {
+    EncodeSimpleReply(data - kSimpleReplySize, r, 0);
+    w->iov.push_back({data - kSimpleReplySize, kSimpleReplySize + r.length});
+    return true;
+  }
+  uint8_t* h = data - kChunkHeaderSize - 8;
+  EncodeChunk(h, r, kReplyFlagDone, kReplyOffsetData, 8 + r.length);
+  Put64(h + kChunkHeaderSize, r.offset);
+  w->iov.push_back({h, kChunkHeaderSize + 8 + r.length});
+  return true;
+}
+
+// Under the read lock: enters the cluster map and finds the read's host runs;
+// false (map left) when any cluster of it is unmapped or a barrier is up.
+bool Plane::MapRead(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count) {
+  ClusterMap& map = *cfg_.map;
+  if (!map.Enter()) return false;
+  size_t at = w->hosts.size();
+  w->hosts.resize(at + kMaxRuns);
+  size_t n = map.Lookup(r.offset, r.length, w->hosts.data() + at, kMaxRuns);
+  w->hosts.resize(at + n);
+  if (n == 0) {
+    map.Leave();
+    return false;
+  }
+  *host_at = at;
+  *host_count = n;
+  return true;
+}
+
+// A mapped read's data from the image file, then out of the map; false (the
+// request demoted) when a pread failed.
+bool Plane::ReadMapped(WorkerState* w, const Slot& s, uint8_t* data) {
+  const Request& r = s.req;
+  int err = 0;
+  for (size_t i = 0; i < s.host_count && err == 0; i++) {
+    const ClusterMap::HostRun& run = w->hosts[s.host_at + i];
+    uint8_t* dst = data + (run.guest - r.offset);
+    uint64_t done = 0;
+    while (done < run.length) {
+      ssize_t k = pread(cfg_.file, dst + done, run.length - done, static_cast<off_t>(run.host + done));
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0) {
+        err = errno;
+        break;
+      }
+      if (k == 0) {
+        // A cluster past the end of the file reads as zeros (preallocated metadata).
+        memset(dst + done, 0, run.length - done);
+        break;
+      }
+      done += static_cast<uint64_t>(k);
+    }
+  }
+  cfg_.map->Leave();
+  if (err != 0) {
+    Demote(r, nullptr);
+    return false;
+  }
+  mapped_reads_++;
   return true;
 }
 

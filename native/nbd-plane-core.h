@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "nbd-cluster-map.h"
 #include "nbd-wire.h"
 
 namespace vdisk {
@@ -33,6 +34,9 @@ struct PlaneConfig {
   size_t max_buffered = 0;   // their bytes and their replies' bytes
   uint32_t max_native = 0;   // longest READ/WRITE the workers serve
   int64_t linger_ms = 0;
+  // For a qcow2 export: where its clusters lie in `file`. READs of mapped
+  // clusters are served from it; every WRITE is forwarded.
+  std::shared_ptr<ClusterMap> map;
 };
 
 // What the plane tells JavaScript.
@@ -49,6 +53,7 @@ struct PlaneStats {
   bool reading;
   size_t held;
   size_t peak;
+  uint64_t mapped_reads;
 };
 
 class Plane {
@@ -78,6 +83,10 @@ class Plane {
   struct Slot {
     Request req;
     size_t at;  // where its headroom starts in the worker's buffer
+    // Mapped (qcow2) reads: its host runs in WorkerState::hosts; the map was
+    // entered for it and is left once its data is read.
+    size_t host_at;
+    size_t host_count;
   };
   struct Outgoing {
     uint8_t* data;
@@ -95,6 +104,7 @@ class Plane {
     std::vector<Slot> batch;
     std::vector<struct iovec> iov;
     std::vector<uint8_t> headers;
+    std::vector<ClusterMap::HostRun> hosts;
   };
 
   void Worker();
@@ -103,6 +113,9 @@ class Plane {
   bool MoreBuffered(size_t count, size_t used);
   void ServeBatch(WorkerState* w);
   bool ServeRead(WorkerState* w, const Slot& s, bool alone);
+  bool ReadMapped(WorkerState* w, const Slot& s, uint8_t* data);
+  bool AddDataReply(WorkerState* w, const Request& r, uint8_t* data);
+  bool MapRead(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count);
   size_t FindRuns(const Request& r, Run* runs);
   void Demote(const Request& r, const uint8_t* data);
   void Forward(const Request& r, uint8_t* payload);
@@ -147,6 +160,7 @@ class Plane {
   std::mutex write_mu_;
   std::atomic<bool> broken_{false};
   std::atomic<uint64_t> writes_{0};
+  std::atomic<uint64_t> mapped_reads_{0};
 
   // Counts are atomics, so the hot path takes no lock; mu_ guards the waits
   // (for room, for the end), the outbox and the thread list.

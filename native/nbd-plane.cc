@@ -48,6 +48,72 @@ bool GetNumber(Napi::Object o, const char* name, double* out) {
   return true;
 }
 
+// new NbdClusterMap(clusterSize, clusters): see nbd-cluster-map.h. Offsets are
+// numbers (exact below 2^53, which every image here is).
+class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
+ public:
+  static Napi::FunctionReference* constructor;
+
+  static Napi::Function Define(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NbdClusterMap",
+                                   {InstanceMethod<&NbdClusterMap::Hold>("hold"),
+                                    InstanceMethod<&NbdClusterMap::Release>("release"),
+                                    InstanceMethod<&NbdClusterMap::Idle>("idle"),
+                                    InstanceMethod<&NbdClusterMap::Generation>("generation"),
+                                    InstanceMethod<&NbdClusterMap::Set>("set")});
+    constructor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+
+  explicit NbdClusterMap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NbdClusterMap>(info) {
+    int64_t cluster_size, clusters;
+    if (!ArgCount(info, 2) || !ArgUint(info, 0, "clusterSize", &cluster_size) || !ArgUint(info, 1, "clusters", &clusters)) return;
+    if (cluster_size < 512 || clusters > (int64_t{1} << 24)) {
+      ThrowRange(info.Env(), "clusters", "at most 2^24, of at least 512 bytes", static_cast<double>(clusters));
+      return;
+    }
+    map_ = std::make_shared<nbd::ClusterMap>(static_cast<uint64_t>(cluster_size), static_cast<uint64_t>(clusters));
+  }
+
+  std::shared_ptr<nbd::ClusterMap> map() const { return map_; }
+
+ private:
+  Napi::Value Hold(const Napi::CallbackInfo& info) {
+    int64_t offset, length;
+    if (!ArgCount(info, 2) || !ArgUint(info, 0, "offset", &offset) || !ArgUint(info, 1, "length", &length)) return info.Env().Undefined();
+    map_->Hold(static_cast<uint64_t>(offset), static_cast<uint64_t>(length));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    map_->Release();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Idle(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), map_->Idle()); }
+
+  Napi::Value Generation(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(map_->Generation()));
+  }
+
+  // set(generation, firstCluster, count, hostOffset): false when refused.
+  Napi::Value Set(const Napi::CallbackInfo& info) {
+    int64_t generation, first, count, host;
+    if (!ArgCount(info, 4) || !ArgUint(info, 0, "generation", &generation) || !ArgUint(info, 1, "firstCluster", &first) ||
+        !ArgUint(info, 2, "count", &count) || !ArgUint(info, 3, "hostOffset", &host)) {
+      return info.Env().Undefined();
+    }
+    if (host == 0) return Napi::Boolean::New(info.Env(), false);  // 0 means unmapped
+    bool ok = map_->Set(static_cast<uint64_t>(generation), static_cast<uint64_t>(first), static_cast<uint64_t>(count),
+                        static_cast<uint64_t>(host));
+    return Napi::Boolean::New(info.Env(), ok);
+  }
+
+  std::shared_ptr<nbd::ClusterMap> map_;
+};
+
+Napi::FunctionReference* NbdClusterMap::constructor = nullptr;
+
 class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -60,7 +126,7 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
                         InstanceMethod<&NbdPlane::Close>("close")});
   }
 
-  // new NbdPlane(socketFd, fileFd, options, initial: Uint8Array, onEvents)
+  // new NbdPlane(socketFd, fileFd, options, initial: Uint8Array, onEvents[, clusterMap])
   // Both descriptors are duplicated: the caller closes its own.
   explicit NbdPlane(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NbdPlane>(info) {
     Napi::Env env = info.Env();
@@ -95,6 +161,13 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
       return;
     }
     nbd::PlaneConfig cfg;
+    if (info.Length() > 5 && !info[5].IsUndefined()) {
+      if (!info[5].IsObject() || !info[5].As<Napi::Object>().InstanceOf(NbdClusterMap::constructor->Value())) {
+        ThrowTypeError(env, "ERR_INVALID_ARG_TYPE", "NbdPlane: clusterMap must be an NbdClusterMap");
+        return;
+      }
+      cfg.map = NbdClusterMap::Unwrap(info[5].As<Napi::Object>())->map();
+    }
     cfg.size = static_cast<uint64_t>(size);
     cfg.structured = o.Get("structured").ToBoolean();
     cfg.writable = o.Get("writable").ToBoolean();
@@ -202,15 +275,16 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
     return info.Env().Undefined();
   }
 
-  // [requests executing, reading (0/1), bytes held, most bytes held]
+  // [requests executing, reading (0/1), bytes held, most bytes held, reads served from the cluster map]
   Napi::Value Stats(const Napi::CallbackInfo& info) {
-    auto out = Napi::Float64Array::New(info.Env(), 4);
+    auto out = Napi::Float64Array::New(info.Env(), 5);
     if (plane_) {
       nbd::PlaneStats s = plane_->Stats();
       out[0] = static_cast<double>(s.in_flight);
       out[1] = s.reading ? 1 : 0;
       out[2] = static_cast<double>(s.held);
       out[3] = static_cast<double>(s.peak);
+      out[4] = static_cast<double>(s.mapped_reads);
     }
     return out;
   }
@@ -284,6 +358,7 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
 void InitNbdPlane(Napi::Env env, Napi::Object exports) {
 #ifndef _WIN32
   exports.Set("NbdPlane", NbdPlane::Define(env));
+  exports.Set("NbdClusterMap", NbdClusterMap::Define(env));
 #else
   (void)env;
   (void)exports;

@@ -67,12 +67,24 @@ export interface NbdPlaneHandle {
   shutdown(): void;
   /** Close at once; replies not yet sent are dropped. */
   destroy(): void;
-  /** [requests executing, reading (0/1), bytes held, most bytes held] */
+  /** [requests executing, reading (0/1), bytes held, most bytes held, reads served from the cluster map] */
   stats(): Float64Array;
   /** Writes the plane has completed so far. */
   writes(): number;
   /** After the 'closed' event: joins the threads. */
   close(): void;
+}
+
+/** Where an export's guest clusters lie in its image file (native/nbd-cluster-map.h). */
+export interface NbdClusterMapHandle {
+  /** Raises a barrier (no plane read uses the map) and clears [offset, offset + length). */
+  hold(offset: number, length: number): void;
+  release(): void;
+  /** No plane read is using the map now. */
+  idle(): boolean;
+  generation(): number;
+  /** Maps `count` clusters from `firstCluster` onto host clusters from `hostOffset`; false when a barrier came since `generation`. */
+  set(generation: number, firstCluster: number, count: number, hostOffset: number): boolean;
 }
 
 export interface NativeAddon {
@@ -162,7 +174,10 @@ export interface NativeAddon {
    * The NBD server's native data plane for one connection: serves READ and WRITE on `fileFd`
    * itself and forwards every other request. Both descriptors are duplicated.
    */
-  NbdPlane: new (socketFd: number, fileFd: number, opts: NbdPlaneOptions, initial: Uint8Array, onEvents: (events: NbdPlaneEvent[]) => void) => NbdPlaneHandle;
+  NbdPlane: new (socketFd: number, fileFd: number, opts: NbdPlaneOptions, initial: Uint8Array, onEvents: (events: NbdPlaneEvent[]) => void,
+    clusterMap?: NbdClusterMapHandle) => NbdPlaneHandle;
+  /** A cluster map for NbdPlane: the plane reads mapped qcow2 clusters from the file itself. */
+  NbdClusterMap: new (clusterSize: number, clusters: number) => NbdClusterMapHandle;
   IoQueue: new (maxThreads: number, onComplete: (ids: Uint32Array, results: Float64Array) => void) => IoQueueHandle;
 }
 
@@ -222,6 +237,7 @@ const REQUIRED: readonly (keyof NativeAddon)[] = [
   'isAlignedBuffer',
   'syncFileRange',
   'NbdPlane',
+  'NbdClusterMap',
 ];
 
 function disabledByEnv(): boolean {

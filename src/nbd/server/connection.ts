@@ -6,7 +6,7 @@ import {
 import { ByteQueue } from './byte-queue.js';
 import { executeRequest, type Session } from './commands.js';
 import { MAX_OPTION_LENGTH, negotiate, ProtocolError, type HandshakeHost, type HandshakeIo } from './handshake.js';
-import { planeFile, PlaneTransmission } from './native-plane.js';
+import { planeTarget, PlaneTransmission } from './native-plane.js';
 import { replyPool } from './reply-pool.js';
 import type { TlsCredentials } from './tls.js';
 
@@ -60,6 +60,8 @@ export interface ConnectionStats {
   peakBufferedBytes: number;
   /** The native data plane serves the transmission phase (see native-plane.ts). */
   native: boolean;
+  /** READs the plane served from a qcow2 export's cluster map. */
+  mappedReads: number;
 }
 
 /**
@@ -121,8 +123,8 @@ export class NbdConnection implements HandshakeIo {
   /** For monitoring and tests: the state of this client's flow control. */
   get stats(): ConnectionStats {
     if (this.plane) {
-      const { inFlight, reading, bufferedBytes, peakBufferedBytes } = this.plane.stats;
-      return { exportName: this.session?.exp.name, phase: this.phase, inFlight, reading, bufferedBytes, peakBufferedBytes, native: true };
+      const { inFlight, reading, bufferedBytes, peakBufferedBytes, mappedReads } = this.plane.stats;
+      return { exportName: this.session?.exp.name, phase: this.phase, inFlight, reading, bufferedBytes, peakBufferedBytes, native: true, mappedReads };
     }
     return {
       exportName: this.session?.exp.name,
@@ -132,6 +134,7 @@ export class NbdConnection implements HandshakeIo {
       bufferedBytes: this.bufferedBytes,
       peakBufferedBytes: this.peakBufferedBytes,
       native: false,
+      mappedReads: 0,
     };
   }
 
@@ -175,17 +178,17 @@ export class NbdConnection implements HandshakeIo {
   }
 
   /**
-   * Hands the socket to the native data plane when the export allows it (see planeFile): the
+   * Hands the socket to the native data plane when the export allows it (see planeTarget): the
    * plane takes a duplicate of the descriptor and whatever input came after the handshake, and
    * Node's socket is closed without a shutdown, so the connection lives on in the plane. TLS
    * stays here (the bytes on the wire are not requests), and so does a socket with input Node
    * holds where we cannot take it (paused in the handshake).
    */
   private async handOver(session: Session): Promise<boolean> {
-    const file = planeFile(session.exp.node);
+    const target = planeTarget(session.exp);
     const s = this.socket;
     const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (!file || this.tlsActive || typeof fd !== 'number' || fd < 0) return false;
+    if (!target || this.tlsActive || typeof fd !== 'number' || fd < 0) return false;
     // The handshake's last reply must be on the wire before the plane writes.
     if (s.writableLength > 0) {
       await new Promise<void>((resolve) => {
@@ -197,7 +200,7 @@ export class NbdConnection implements HandshakeIo {
     if (this.paused || s.readableLength > 0 || this.queue.length > PLANE_INITIAL_MAX) return false;
     let plane: PlaneTransmission;
     try {
-      plane = new PlaneTransmission(fd, file, session, { ...this.host.limits, lingerMs: LINGER_MS }, this.queue.drain(), (m) => this.host.log(m));
+      plane = new PlaneTransmission(fd, target, session, { ...this.host.limits, lingerMs: LINGER_MS }, this.queue.drain(), (m) => this.host.log(m));
     } catch (err) {
       this.host.log(`serving the client without the native data plane: ${(err as Error).message}`);
       return false;

@@ -13,6 +13,7 @@ import {
 import { planeFile } from '../../../../src/nbd/server/native-plane.js';
 import { open } from '../../../../src/registry/index.js';
 import { pattern } from '../../../helpers/bytes.js';
+import { vdisk } from '../../../helpers/cli.js';
 import { encodeTestRequest as encodeRequest, RawClient, ServerFixture } from '../../../helpers/nbd-server.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 
@@ -40,6 +41,14 @@ async function rawFile(opts: Parameters<typeof open>[1] = {}): Promise<{ path: s
   await writeFile(path, '');
   await truncate(path, SIZE);
   return { path, node: await open(path, { format: 'raw', ...opts }) };
+}
+
+/** A fresh qcow2 of SIZE bytes (64 KiB clusters), opened as vdisk serve opens one. */
+async function qcow2File(opts: Parameters<typeof open>[1] = {}): Promise<{ path: string; node: BlockNode }> {
+  const path = tmp.path(`d${++serial}.qcow2`);
+  const made = await vdisk(['create', '-q', '-f', 'qcow2', path, String(SIZE)]);
+  assert.equal(made.code, 0, made.stderr);
+  return { path, node: await open(path, { format: 'qcow2', ...opts }) };
 }
 
 async function until(cond: () => boolean): Promise<void> {
@@ -107,12 +116,14 @@ async function collect(c: RawClient, reads: Map<bigint, { offset: number; length
 }
 
 describe('the bytes', { skip }, () => {
-  for (const structured of [false, true]) {
-    it(`random reads and writes of every shape, many at once, match a model (${structured ? 'structured' : 'simple'})`, async () => {
-      const { path, node } = await rawFile({ discard: 'unmap' });
+  for (const [format, structured] of [['raw', false], ['raw', true], ['qcow2', false], ['qcow2', true]] as const) {
+    it(`${format}: random reads, writes, trims and zero writes, many at once, match a model (${structured ? 'structured' : 'simple'})`, async () => {
+      // discard=unmap: trims free qcow2 clusters, and later writes take them again elsewhere.
+      const { path, node } = format === 'raw' ? await rawFile({ discard: 'unmap' }) : await qcow2File({ discard: 'unmap' });
       await fx.start([{ node, opts: { discard: 'unmap' } }]);
       const c = await fx.client();
       await c.negotiate('', { structured });
+      assert.equal(fx.server.stats().connections[0]!.native, true);
       const model = Buffer.alloc(SIZE);
       let seed = structured ? 7 : 11;
       const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
@@ -147,18 +158,87 @@ describe('the bytes', { skip }, () => {
           reads.set(++cookie, { offset, length });
           c.request({ type: NBD_CMD_READ, cookie, offset: BigInt(offset), length, flags: structured && i % 5 === 0 ? NBD_CMD_FLAG_DF : 0 });
         }
-        results = await collect(c, reads, Number(cookie), structured);
-        for (const [k, { offset, length }] of reads) {
-          const r = results.get(k)!;
-          assert.equal(r.error, 0);
-          assert.ok(r.data!.equals(model.subarray(offset, offset + length)), `round ${round}: read of ${length} at ${offset}`);
+        // Twice: on qcow2 the first reads fill the cluster map, and the second are served from it.
+        for (let pass = 0; pass < 2; pass++) {
+          if (pass > 0) {
+            await sleep(20);
+            for (const [k, { offset, length }] of reads) c.request({ type: NBD_CMD_READ, cookie: k, offset: BigInt(offset), length });
+          }
+          results = await collect(c, reads, Number(cookie), structured);
+          for (const [k, { offset, length }] of reads) {
+            const r = results.get(k)!;
+            assert.equal(r.error, 0);
+            assert.ok(r.data!.equals(model.subarray(offset, offset + length)), `round ${round} pass ${pass}: read of ${length} at ${offset}`);
+          }
         }
       }
       c.request({ type: NBD_CMD_FLUSH, cookie: 99n });
       assert.equal((await c.reply()).cookie, 99n);
-      assert.ok((await readFile(path)).equals(model), 'the file holds what the model does');
+      const mapped = fx.server.stats().connections[0]!.mappedReads;
+      if (format === 'qcow2') assert.ok(mapped > 50, `${mapped} reads served from the cluster map`);
+      if (format === 'raw') {
+        assert.ok((await readFile(path)).equals(model), 'the file holds what the model does');
+        return;
+      }
+      await fx.server.close();
+      await node.close();
+      const check = await vdisk(['check', path]);
+      assert.equal(check.code, 0, check.stdout + check.stderr);
+      const copy = tmp.path(`copy${serial}.raw`);
+      assert.equal((await vdisk(['convert', '-O', 'raw', path, copy])).code, 0);
+      assert.ok((await readFile(copy)).equals(model), 'the image holds what the model does');
     });
   }
+
+  it('qcow2: a cluster read through the map, then zeroed, trimmed and its place reused, reads as the image says', async () => {
+    const { node } = await qcow2File({ discard: 'unmap' });
+    await fx.start([{ node, opts: { discard: 'unmap' } }]);
+    const c = await fx.client();
+    await c.negotiate('', { structured: false });
+    const cluster = (i: number) => BigInt(i * 64 * KiB);
+    const read = async (i: number, cookie: bigint) => {
+      c.request({ type: NBD_CMD_READ, cookie, offset: cluster(i), length: 64 * KiB });
+      const r = await c.reply();
+      assert.ok(r.simple && r.error === 0 && r.cookie === cookie);
+      return c.read(64 * KiB);
+    };
+    /** Reads until the plane serves the cluster from its map (the map fills after a forwarded read). */
+    const readMapped = async (i: number) => {
+      for (let n = 1n; ; n++) {
+        const before = fx.server.stats().connections[0]!.mappedReads;
+        const data = await read(i, n);
+        if (fx.server.stats().connections[0]!.mappedReads > before) return data;
+        await sleep(5);
+      }
+    };
+    const A = pattern(64 * KiB, 1);
+    const B = pattern(64 * KiB, 2);
+    const C = pattern(64 * KiB, 3);
+    c.request({ type: NBD_CMD_WRITE, cookie: 1n, offset: cluster(10) }, A);
+    c.request({ type: NBD_CMD_WRITE, cookie: 2n, offset: cluster(11) }, A);
+    await c.reply();
+    await c.reply();
+    assert.ok((await readMapped(10)).equals(A));
+    assert.ok((await readMapped(11)).equals(A));
+    // Zeroed without unmapping: the cluster keeps its place, which still holds A.
+    c.request({ type: NBD_CMD_WRITE_ZEROES, cookie: 3n, offset: cluster(11), length: 64 * KiB, flags: 2 /* NO_HOLE */ });
+    assert.equal((await c.reply()).cookie, 3n);
+    assert.ok((await read(11, 4n)).every((b) => b === 0), 'zeroed cluster');
+    // Trimmed (freed), and new clusters written: one of them may take the freed place.
+    c.request({ type: NBD_CMD_TRIM, cookie: 5n, offset: cluster(10), length: 64 * KiB });
+    assert.equal((await c.reply()).cookie, 5n);
+    c.request({ type: NBD_CMD_WRITE, cookie: 6n, offset: cluster(20) }, B);
+    c.request({ type: NBD_CMD_WRITE, cookie: 7n, offset: cluster(21) }, C);
+    await c.reply();
+    await c.reply();
+    for (let pass = 0; pass < 3; pass++) {
+      assert.ok((await read(10, 8n)).every((b) => b === 0), `trimmed cluster, pass ${pass}`);
+      assert.ok((await read(11, 9n)).every((b) => b === 0), `zeroed cluster, pass ${pass}`);
+      assert.ok((await read(20, 10n)).equals(B));
+      assert.ok((await read(21, 11n)).equals(C));
+      await sleep(10);
+    }
+  });
 
   it('a read of a hole after a read of data: a hole chunk, never the last read\'s bytes', async () => {
     const { node } = await rawFile();
