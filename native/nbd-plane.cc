@@ -48,21 +48,26 @@ bool GetNumber(Napi::Object o, const char* name, double* out) {
   return true;
 }
 
+// Marks NbdClusterMap objects, so NbdPlane unwraps nothing else (in every
+// environment, unlike a stored constructor).
+constexpr napi_type_tag kClusterMapTag = {0x7664697368626d61, 0x70636c7573746572};
+
 // new NbdClusterMap(clusterSize, clusters): see nbd-cluster-map.h. Offsets are
 // numbers (exact below 2^53, which every image here is).
 class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
  public:
-  static Napi::FunctionReference* constructor;
-
   static Napi::Function Define(Napi::Env env) {
-    Napi::Function f = DefineClass(env, "NbdClusterMap",
-                                   {InstanceMethod<&NbdClusterMap::Hold>("hold"),
-                                    InstanceMethod<&NbdClusterMap::Release>("release"),
-                                    InstanceMethod<&NbdClusterMap::Idle>("idle"),
-                                    InstanceMethod<&NbdClusterMap::Generation>("generation"),
-                                    InstanceMethod<&NbdClusterMap::Set>("set")});
-    constructor = new Napi::FunctionReference(Napi::Persistent(f));
-    return f;
+    return DefineClass(env, "NbdClusterMap",
+                       {InstanceMethod<&NbdClusterMap::Hold>("hold"),
+                        InstanceMethod<&NbdClusterMap::Release>("release"),
+                        InstanceMethod<&NbdClusterMap::Idle>("idle"),
+                        InstanceMethod<&NbdClusterMap::Generation>("generation"),
+                        InstanceMethod<&NbdClusterMap::Set>("set")});
+  }
+
+  static bool Is(Napi::Value v) {
+    bool tagged = false;
+    return v.IsObject() && napi_check_object_type_tag(v.Env(), v, &kClusterMapTag, &tagged) == napi_ok && tagged;
   }
 
   explicit NbdClusterMap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NbdClusterMap>(info) {
@@ -73,6 +78,7 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
       return;
     }
     map_ = std::make_shared<nbd::ClusterMap>(static_cast<uint64_t>(cluster_size), static_cast<uint64_t>(clusters));
+    napi_type_tag_object(info.Env(), info.This(), &kClusterMapTag);
   }
 
   std::shared_ptr<nbd::ClusterMap> map() const { return map_; }
@@ -111,8 +117,6 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
 
   std::shared_ptr<nbd::ClusterMap> map_;
 };
-
-Napi::FunctionReference* NbdClusterMap::constructor = nullptr;
 
 class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
  public:
@@ -162,7 +166,7 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
     }
     nbd::PlaneConfig cfg;
     if (info.Length() > 5 && !info[5].IsUndefined()) {
-      if (!info[5].IsObject() || !info[5].As<Napi::Object>().InstanceOf(NbdClusterMap::constructor->Value())) {
+      if (!NbdClusterMap::Is(info[5])) {
         ThrowTypeError(env, "ERR_INVALID_ARG_TYPE", "NbdPlane: clusterMap must be an NbdClusterMap");
         return;
       }
