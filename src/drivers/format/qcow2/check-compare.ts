@@ -18,10 +18,17 @@ export async function compareRefcounts(ctx: CheckContext, refs: InMemoryRefcount
   const { res } = ctx;
   let rebuild = false;
   let highestCluster = 0;
+  // The first cluster at or after c whose refcount block is stored. Before it every refcount
+  // is 0, so only referenced clusters can differ: a file grown huge and sparse is not walked
+  // cluster by cluster.
+  let storedFrom = 0;
   for (let c = 0; c < refs.length; c++) {
+    if (c > storedFrom) storedFrom = stored.nextStored(c, refs.length);
+    while (c < storedFrom && refs.get(c) === 0) c++;
+    if (c === refs.length) break;
     let refcount: number;
     try {
-      refcount = await stored.get(c);
+      refcount = c < storedFrom ? 0 : await stored.get(c);
     } catch (err) {
       ctx.say(`Can't get refcount for cluster ${c}: ${errnoText(err)}`);
       res.checkErrors++;

@@ -25,6 +25,21 @@ export class StoredRefcounts {
     return this.ctx.t.refcounts;
   }
 
+  /**
+   * The first cluster at or after `cluster` whose refcount block exists (table entry set, inside
+   * the file); `end` when none does before it. Every refcount in between reads 0, so a check of
+   * a file grown huge and sparse walks only the clusters something references there.
+   */
+  nextStored(cluster: number, end: number): number {
+    const per = this.reader.perBlock;
+    const size = this.ctx.t.file.size;
+    for (let c = cluster; c < end; c = (Math.floor(c / per) + 1) * per) {
+      const block = this.blockOf(c);
+      if (block !== 0 && block < size) return c;
+    }
+    return end;
+  }
+
   async get(cluster: number): Promise<number> {
     const held = unwritten.get(this.reader)?.get(cluster);
     if (held !== undefined) return held;
