@@ -12,6 +12,7 @@
         "native/aligned.cc",
         "native/datamap.cc",
         "native/ioqueue.cc",
+        "native/ioqueue-pool.cc",
         "native/direct-io.cc",
         "native/writeback.cc",
         "native/nbd-plane.cc",

@@ -24,6 +24,11 @@
 // kPieceMin), so one read uses every CPU; and while requests queue behind
 // busy threads, completions reach the event loop in batches (see Complete).
 //
+// A request the caller gave up on (abandon(id): its storage did not answer
+// within the caller's deadline) no longer keeps the event loop alive, and
+// closing the queue does not wait for it: a thread stuck in a dead NFS or
+// FUSE mount's system call cannot be stopped, only left behind.
+//
 // Buffered writes are held back too. ext4 and XFS take the inode's
 // lock exclusively for a buffered write, so writes to one file run one at a
 // time in the kernel whatever the thread count; 64 threads queued on that lock
@@ -31,128 +36,21 @@
 // for 100,000 4 KiB writes with 64 threads, 1.5 s with 4). At most
 // kBufferedWriters of them run at once; reads and writes that may overlap
 // (O_DIRECT) are not held back.
-#include <pthread.h>
 #include <uv.h>
 
 #ifdef __linux__
 #include <sys/uio.h>
 #endif
 
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "common.h"
 #include "init.h"
-
-#ifndef _WIN32
-#include <unistd.h>
-#endif
+#include "ioqueue-pool.h"
 
 namespace vdisk {
 namespace {
-
-// What a request does: the bits of submit()'s `kinds` array.
-enum Kind : uint8_t {
-  kRead = 0,
-  kWrite = 1,
-  // O_DIRECT: every request waits for the device (RWF_NOWAIT does not refuse
-  // it), and writes run in parallel there; without it, buffered writes are
-  // serialised by the file system, so few run at a time.
-  kDirect = 2,
-};
-
-struct Request {
-  Request(uint32_t id, int fd, Kind kind, uint8_t* data, size_t length, int64_t offset)
-      : id(id), fd(fd), kind(kind), data(data), length(length), offset(offset) {}
-  uint32_t id;
-  int fd;
-  Kind kind;
-  uint8_t* data;
-  size_t length;
-  int64_t offset;
-  double result = 0;  // bytes moved, or -errno
-  // A piece of a large read (see Split): the request it belongs to.
-  Request* whole = nullptr;
-  // On a request split into pieces: its pieces in file order, and how many
-  // are still running.
-  std::vector<Request*> pieces;
-  std::atomic<size_t> pieces_left{0};
-};
-
-// Reads of at least twice this are split into pieces (of at least this) that
-// threads take separately. One thread copying a large read from the page cache
-// leaves the other CPUs idle at low queue depths; at high depths, two threads
-// copying whole reads into the same memory (a caller reusing one buffer, as
-// qemu-img bench does) fight over its cache lines, where the pieces of one
-// read go to disjoint parts of it (2,048 1 MiB reads on 2 CPUs: 0.171 s whole,
-// 0.160 s in halves, measured with plain preads).
-constexpr size_t kPieceMin = 128 * 1024;
-
-// The result of a split read from its pieces': the first error, else the
-// bytes up to the first short piece (the end of the file).
-double Joined(const Request& whole) {
-  double total = 0;
-  for (const Request* p : whole.pieces) {
-    if (p->result < 0) return p->result;
-  }
-  for (const Request* p : whole.pieces) {
-    total += p->result;
-    if (static_cast<size_t>(p->result) < p->length) break;
-  }
-  return total;
-}
-
-// Bytes a buffered read got from the page cache without waiting for the disk
-// (all of them, short only at end of file), or -1 when it must wait: the
-// caller goes on with Transfer from `*done`. Errors other than "would block"
-// are left for Transfer to report.
-#if defined(__linux__) && defined(RWF_NOWAIT)
-constexpr bool kHaveNowait = true;
-double TryCached(const Request& r, size_t* done) {
-  while (*done < r.length) {
-    struct iovec iov = {r.data + *done, r.length - *done};
-    ssize_t n = preadv2(r.fd, &iov, 1, static_cast<off_t>(r.offset + *done), RWF_NOWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -1;
-    if (n == 0) break;  // end of file
-    *done += static_cast<size_t>(n);
-  }
-  return static_cast<double>(*done);
-}
-#else
-constexpr bool kHaveNowait = false;
-double TryCached(const Request&, size_t*) { return -1; }
-#endif
-
-// Bytes transferred from `done` on (a read stops short only at end of file),
-// or -errno.
-double Transfer(const Request& r, size_t done) {
-#ifdef _WIN32
-  return -static_cast<double>(ENOSYS);
-#else
-  while (done < r.length) {
-    ssize_t n = (r.kind & kWrite)
-        ? pwrite(r.fd, r.data + done, r.length - done, r.offset + done)
-        : pread(r.fd, r.data + done, r.length - done, r.offset + done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -static_cast<double>(errno);
-    }
-    if (n == 0) {
-      if (r.kind & kWrite) return -static_cast<double>(EIO);
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  return static_cast<double>(done);
-#endif
-}
 
 // preadNowait(fd, buffer, offset): a read served from the page cache on the
 // calling thread, or -1 when it would have to wait for the disk (or the file
@@ -196,6 +94,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "IoQueue",
                        {InstanceMethod<&IoQueue::Submit>("submit"),
+                        InstanceMethod<&IoQueue::Abandon>("abandon"),
                         InstanceMethod<&IoQueue::Close>("close")});
   }
 
@@ -209,7 +108,6 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
       ThrowRange(env, "maxThreads", ">= 1 and <= 256", threads);
       return;
     }
-    max_threads_ = threads;
     if (!info[1].IsFunction()) {
       ThrowTypeError(env, "ERR_INVALID_ARG_TYPE",
                      "The \"onComplete\" argument must be a function");
@@ -228,6 +126,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     });
     // Only requests in flight keep the process alive.
     uv_unref(reinterpret_cast<uv_handle_t*>(async_));
+    pool_ = new IoPool(threads, async_);
     env_ = env;
     hooked_ = napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok;
     started_ = true;
@@ -262,7 +161,7 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   // than there are requests or idle threads.
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!started_ || stopped_) {
+    if (!started_ || !pool_) {
       Napi::Error::New(env, "IoQueue is closed").ThrowAsJavaScriptException();
       return env.Undefined();
     }
@@ -329,88 +228,23 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
                                   static_cast<int64_t>(offset)));
     }
     if (n == 0) return env.Undefined();
-    if (in_flight_ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
     in_flight_ += n;
-    size_t bytes = 0;
-    for (Request* r : batch) bytes += r->length;
-    std::vector<Request*> items;
-    items.reserve(n);
-    for (Request* r : batch) Split(r, &items);
-    size_t wake;
-    int spawn = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Request* r : items) (r->kind == kWrite ? held_ : todo_).push_back(r);
-      queued_.fetch_add(items.size(), std::memory_order_relaxed);
-      // A futex wake costs the event loop more than a page-cache read of a
-      // few KiB, and on a busy machine the woken thread may take this very
-      // core: small requests wake one thread, which wakes the next while work
-      // remains (Serve). Large ones are worth a wake-up each, as QEMU's pool
-      // gives them, rather than waiting on that chain one hop at a time.
-      wake = Runnable() ? std::min<size_t>(idle_, bytes >= kWakeEachBytes ? items.size() : 1) : 0;
-      // One more thread when none is idle and fewer than the CPUs are running
-      // rather than blocked (see the top); threads that block start more.
-      spawn = WantThread();
-      alive_ += spawn;
-    }
-    for (size_t i = 0; i < wake; i++) cv_.notify_one();
-    if (spawn) Spawn();
+    KeepLoop();
+    pool_->Submit(batch);
     return env.Undefined();
   }
 
-  // Appends what the threads take for `r` to `items`: `r` itself, or for a
-  // large read, pieces of it (one per CPU at most, each at least kPieceMin and
-  // a multiple of 4 KiB, which keeps O_DIRECT alignment).
-  void Split(Request* r, std::vector<Request*>* items) const {
-    size_t count = std::min<size_t>(cpus_, r->length / kPieceMin);
-    if ((r->kind & kWrite) || count < 2) {
-      items->push_back(r);
-      return;
-    }
-    size_t step = (r->length / count + 4095) & ~static_cast<size_t>(4095);
-    for (size_t at = 0; at < r->length; at += step) {
-      size_t length = std::min(step, r->length - at);
-      auto* piece = new Request(r->id, r->fd, r->kind, r->data + at, length,
-                                r->offset + static_cast<int64_t>(at));
-      piece->whole = r;
-      r->pieces.push_back(piece);
-    }
-    r->pieces_left.store(r->pieces.size(), std::memory_order_relaxed);
-    items->insert(items->end(), r->pieces.begin(), r->pieces.end());
-  }
-
-  // Starts one more serving thread (alive_ already counts it). pthreads, not
-  // std::thread: without C++ exceptions a failed std::thread aborts the
-  // process, where a failed pthread_create only means one thread fewer.
-  void Spawn() {
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    // A thread here makes one syscall at a time; it needs no 8 MiB stack.
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t thread;
-    int err = pthread_create(&thread, &attr, [](void* self) -> void* {
-      static_cast<IoQueue*>(self)->Serve();
-      return nullptr;
-    }, this);
-    pthread_attr_destroy(&attr);
-    if (err == 0) return;
-    std::vector<Request*> orphans;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--alive_ > 0) return;  // the others will take the work
-      gone_.notify_all();
-      orphans.assign(todo_.begin(), todo_.end());
-      orphans.insert(orphans.end(), held_.begin(), held_.end());
-      todo_.clear();
-      held_.clear();
-      queued_.store(0, std::memory_order_relaxed);
-    }
-    // No thread at all: the requests fail (EAGAIN) rather than wait forever.
-    for (Request* r : orphans) {
-      r->result = -static_cast<double>(err);
-      if (Request* finished = Finish(r)) Complete(finished);
-    }
+  // abandon(id): the caller stopped waiting for request `id` (still in
+  // flight): it no longer keeps the process alive, and close() does not wait
+  // for it. Its completion is still delivered, once, if it ever comes.
+  Napi::Value Abandon(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int64_t id;
+    if (!ArgCount(info, 1) || !ArgUint(info, 0, "id", &id)) return env.Undefined();
+    if (!pool_ || id > UINT32_MAX) return env.Undefined();
+    if (abandoned_.insert(static_cast<uint32_t>(id)).second) pool_->Abandon(static_cast<uint32_t>(id));
+    KeepLoop();
+    return env.Undefined();
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -419,118 +253,23 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
     return info.Env().Undefined();
   }
 
-  void Serve() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      bool timed_out = false;
-      while (!Runnable() && !stopping_ && !timed_out) {
-        idle_++;
-        timed_out = cv_.wait_for(lock, std::chrono::seconds(10)) == std::cv_status::timeout;
-        idle_--;
-      }
-      if (stopping_) break;
-      if (!Runnable()) {
-        if (alive_ > kMinThreads) break;  // idle for 10 s: retire
-        continue;
-      }
-      // Held writes first while a writer's place is free: they are the
-      // serialised resource, so keep it busy; reads fill the other threads.
-      bool held = !held_.empty() && writers_ < kBufferedWriters;
-      std::deque<Request*>& from = held ? held_ : todo_;
-      Request* r = from.front();
-      from.pop_front();
-      queued_.fetch_sub(1, std::memory_order_relaxed);
-      writers_ += held;
-      bool more = Runnable() && idle_ > 0;
-      lock.unlock();
-      if (more) cv_.notify_one();
-      size_t done = 0;
-      double result = -1;
-      if (r->kind == kRead && kHaveNowait) result = TryCached(*r, &done);
-      if (result < 0 && r->kind == kWrite) {
-        // A buffered write: a copy into the page cache, CPU work like a
-        // cached read (and held to kBufferedWriters at once).
-        result = Transfer(*r, 0);
-      } else if (result < 0) {
-        // This thread waits for the device: if requests queue behind it and
-        // no thread is free for them, start one (which does the same if it
-        // blocks too, so a cold cache grows the pool to what the disk needs).
-        bool spawn;
-        {
-          std::lock_guard<std::mutex> relock(mu_);
-          blocked_++;
-          spawn = WantThread();
-          alive_ += spawn;
-        }
-        if (spawn) Spawn();
-        result = Transfer(*r, done);
-        std::lock_guard<std::mutex> relock(mu_);
-        blocked_--;
-      }
-      r->result = result;
-      if (Request* finished = Finish(r)) Complete(finished);
-      lock.lock();
-      writers_ -= held;
-    }
-    if (--alive_ == 0) gone_.notify_all();
-  }
-
-  // The request that `r`, just run, completes: `r` itself; for a piece, its
-  // read once this is the last piece to finish (the pieces' results joined,
-  // and the pieces, `r` among them, freed); else none yet.
-  static Request* Finish(Request* r) {
-    Request* whole = r->whole;
-    if (!whole) return r;
-    if (whole->pieces_left.fetch_sub(1, std::memory_order_acq_rel) != 1) return nullptr;
-    whole->result = Joined(*whole);
-    for (Request* p : whole->pieces) delete p;
-    whole->pieces.clear();
-    return whole;
-  }
-
-  // Frees a request no thread will run (the queue is stopping and its threads
-  // are gone); a piece takes its read along once it is the last one left.
-  static void Discard(Request* r) {
-    Request* whole = r->whole;
-    if (!whole) {
-      delete r;
-      return;
-    }
-    if (whole->pieces_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
-    for (Request* p : whole->pieces) delete p;
-    delete whole;
-  }
-
-  // Hands a finished request to the event loop. Each wake-up of the loop
-  // costs its thread a return from epoll, an eventfd read and a call into JS:
-  // while many requests still queue for threads that are all running (page
-  // cache copies, finishing every few microseconds), completions gather until
-  // kDeliverBatch are ready; the JS can add nothing the queue lacks meanwhile.
-  // A short queue, or a thread waiting for a device, delivers at once.
-  void Complete(Request* r) {
-    bool wake;
-    {
-      std::lock_guard<std::mutex> done_lock(done_mu_);
-      done_.push_back(r);
-      wake = !wake_due_ && (done_.size() >= kDeliverBatch ||
-                            queued_.load(std::memory_order_relaxed) < kDeliverBatch ||
-                            blocked_.load(std::memory_order_relaxed) > 0);
-      wake_due_ |= wake;
-    }
-    if (wake) uv_async_send(async_);
+  // The event loop stays alive while requests nobody gave up on are in flight.
+  void KeepLoop() {
+    bool want = in_flight_ > abandoned_.size();
+    if (want == reffed_) return;
+    reffed_ = want;
+    if (want) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
+    else uv_unref(reinterpret_cast<uv_handle_t*>(async_));
   }
 
   // On the event loop: hand every finished request to JS in one call.
   void Deliver() {
-    std::vector<Request*> batch;
-    {
-      std::lock_guard<std::mutex> lock(done_mu_);
-      batch.swap(done_);
-      wake_due_ = false;
-    }
-    if (batch.empty() || stopped_) return;
+    if (!pool_) return;
+    std::vector<Request*> batch = pool_->TakeDone();
+    if (batch.empty()) return;
     in_flight_ -= batch.size();
-    if (in_flight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(async_));
+    for (Request* r : batch) abandoned_.erase(r->id);
+    KeepLoop();
     Napi::Env env = env_;
     Napi::HandleScope scope(env);
     auto ids = Napi::Uint32Array::New(env, batch.size());
@@ -552,76 +291,21 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
   }
 
   void Stop() {
-    if (!started_ || stopped_) return;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      stopping_ = true;
-      cv_.notify_all();
-      // Threads finish the request in hand; none touches this object after.
-      gone_.wait(lock, [this] { return alive_ == 0; });
-      for (Request* r : todo_) Discard(r);
-      for (Request* r : held_) Discard(r);
-      todo_.clear();
-      held_.clear();
-    }
-    stopped_ = true;
-    for (Request* r : done_) delete r;
-    done_.clear();
+    if (!started_ || !pool_) return;
+    pool_->Stop();
+    pool_ = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(async_),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
     async_ = nullptr;
   }
 
-  // Whether to start a thread now (mu_ held): work waits, no thread is idle,
-  // and fewer threads are running than there are CPUs.
-  bool WantThread() const {
-    return idle_ == 0 && alive_ < max_threads_ && alive_ - blocked_ < cpus_ && Runnable();
-  }
-
-  // Whether a thread could start a request now (mu_ held).
-  bool Runnable() const {
-    return !todo_.empty() || (!held_.empty() && writers_ < kBufferedWriters);
-  }
-
-  // Threads kept when idle (the rest retire after 10 s without work).
-  static constexpr int kMinThreads = 2;
-  // Submissions of at least this many bytes wake a thread per request.
-  static constexpr size_t kWakeEachBytes = 256 * 1024;
-  // Completions gathered per wake-up of the loop while the queue is long.
-  static constexpr size_t kDeliverBatch = 8;
-  // Buffered writes running at once: one in the kernel, one ready behind it.
-  static constexpr int kBufferedWriters = 2;
-
-  // Guards the submission side and the thread counts.
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::condition_variable gone_;
-  std::deque<Request*> todo_;
-  // Buffered writes waiting for one of the kBufferedWriters places.
-  std::deque<Request*> held_;
-  int writers_ = 0;
-  int idle_ = 0;
-  int alive_ = 0;
-  // Threads waiting for a device (written under mu_; Complete reads it).
-  std::atomic<int> blocked_{0};
-  // Requests and pieces waiting for a thread (todo_ and held_; written under
-  // mu_, read by Complete).
-  std::atomic<size_t> queued_{0};
-  // Threads that may run (not blocked) at once: the CPUs.
-  const int cpus_ = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
-  int max_threads_ = 1;
-  bool stopping_ = false;
-  // Guards the completion side, so finishing threads and the event loop do
-  // not contend with submissions.
-  std::mutex done_mu_;
-  std::vector<Request*> done_;
-  // An event-loop wake-up is due for done_ (uv_async_send was called).
-  bool wake_due_ = false;
-  // Main-thread state.
+  IoPool* pool_ = nullptr;
   bool started_ = false;
-  bool stopped_ = false;
   bool hooked_ = false;
+  bool reffed_ = false;
   size_t in_flight_ = 0;
+  // Ids of requests in flight that the caller gave up on.
+  std::unordered_set<uint32_t> abandoned_;
   uv_async_t* async_ = nullptr;
   napi_env env_ = nullptr;
   Napi::FunctionReference on_complete_;

@@ -25,14 +25,15 @@ const MAX_TIMEOUT = 2147483;
 
 /** The --help lines of --timeout, for every command that takes it. */
 export const TIMEOUT_HELP = `  --timeout SECONDS  fail with ETIMEDOUT when storage does not answer in time: each connect,
-              handshake and request of nbd://, and opening an image (default: ${DEFAULT_NETWORK_TIMEOUT} for
-              network protocols, none for local files; 0: no limit)`;
+              handshake and request of nbd://, opening an image, and each read and write of a
+              local file (default: ${DEFAULT_NETWORK_TIMEOUT} for network protocols, none for local files;
+              0: no limit)`;
 
 /** What --timeout asks for, in seconds; 0 is no limit. */
 export interface StorageTimeouts {
   /** Each connect, handshake and request of a network protocol. */
   network: number;
-  /** Opening an image (its files, headers and backing chain), wherever it is. */
+  /** Opening an image (its files, headers and backing chain), wherever it is, and each local read and write. */
   open: number;
 }
 
@@ -59,7 +60,7 @@ const OPEN_GRACE_SECONDS = 0.5;
 export function openStorage(spec: string | NodeSpec, options: OpenOptions, timeouts: StorageTimeouts,
   name = typeof spec === 'string' ? spec : `json:${JSON.stringify(spec)}`): Promise<BlockNode> {
   const openDeadline = timeouts.open > 0 ? timeouts.open + OPEN_GRACE_SECONDS : 0;
-  return withDeadline(openDeadline, open(spec, { networkTimeout: timeouts.network, ...options }),
+  return withDeadline(openDeadline, open(spec, { networkTimeout: timeouts.network, fileTimeout: timeouts.open, ...options }),
     () => new BlockError('ETIMEDOUT', `Could not open '${name}': no answer within ${timeouts.open} s (ETIMEDOUT)`, { op: 'open', path: name }),
     (late) => late.close());
 }

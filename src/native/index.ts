@@ -32,7 +32,16 @@ export interface IoQueueHandle {
    * The arrays are copied at once and may be reused.
    */
   submit(count: number, ids: Uint32Array, fds: Int32Array, offsets: Float64Array, kinds: Uint8Array, buffers: Uint8Array[]): void;
-  /** Stops the threads once their current requests finish; later submits throw. */
+  /**
+   * The caller stopped waiting for request `id`, still in flight (its storage did not answer in
+   * time): it no longer keeps the process alive and close() does not wait for it. Its completion
+   * still comes, once, if the system call ever returns; until then its buffer must stay alive.
+   */
+  abandon(id: number): void;
+  /**
+   * Stops the threads once their current requests finish (a thread stuck in an abandoned one is
+   * left behind); later submits throw.
+   */
   close(): void;
 }
 

@@ -38,6 +38,11 @@ export interface OpenOptions {
    * failing with ETIMEDOUT. Absent or 0: no limit, unless the node's own option sets one.
    */
   networkTimeout?: number;
+  /**
+   * Seconds each read or write of a local file may take before failing with ETIMEDOUT (a dead
+   * NFS or FUSE mount; the system call is left behind). Absent or 0: no limit.
+   */
+  fileTimeout?: number;
 }
 
 export interface OpenContext {

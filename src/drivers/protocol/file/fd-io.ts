@@ -11,11 +11,15 @@ import { queuedIo, queuedRead, queuedWrite } from './io-queue.js';
 /**
  * Reads into `buf` from `position` until it is full or the file ends; returns the bytes read.
  * `direct`: `fd` is O_DIRECT (the queue then never tries the read on the event loop's thread).
+ * `timeoutMs`: fail with ETIMEDOUT when the read has not returned after this long, leaving the
+ * system call behind (0: wait as long as the kernel does; without the addon there is no deadline).
  */
-export const preadFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean) => Promise<number> = queuedIo ? queuedRead : fsReadFull;
+export const preadFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean, timeoutMs?: number) => Promise<number> =
+  queuedIo ? queuedRead : fsReadFull;
 
-/** Writes all of `buf` at `position`. `direct`: `fd` is O_DIRECT (such writes may run in parallel). */
-export const pwriteFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean) => Promise<void> = queuedIo ? queuedWrite : fsWriteFull;
+/** Writes all of `buf` at `position`. `direct` and `timeoutMs` as for preadFull. */
+export const pwriteFull: (fd: number, buf: Uint8Array, position: number, direct?: boolean, timeoutMs?: number) => Promise<void> =
+  queuedIo ? queuedWrite : fsWriteFull;
 
 function fsReadFull(fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -34,6 +34,12 @@ export interface FileOptions extends NodeOptions {
    * also what they fall back to where the file system refuses O_DIRECT.
    */
   direct?: boolean;
+  /**
+   * Seconds a read or write may take before it fails with ETIMEDOUT (vdisk's --timeout): on a
+   * dead NFS or FUSE mount the system call never returns, and is left behind. 0 or absent: as
+   * long as the kernel takes, as QEMU waits.
+   */
+  timeout?: number;
 }
 
 /** O_DIRECT alignment where the file system does not say (statx STATX_DIOALIGN): the largest common logical block. */
@@ -65,6 +71,8 @@ export class FileNode extends BlockNode {
   private readonly directAlignment: number;
   /** Uncached without O_DIRECT: pages are dropped behind the I/O. */
   private readonly evict: EvictBehind | undefined;
+  /** Deadline of each read and write in ms; 0: none. */
+  private readonly timeoutMs: number;
 
   private constructor(opts: FileOptions, f: OpenedFile) {
     super(opts);
@@ -76,6 +84,7 @@ export class FileNode extends BlockNode {
     this.size = f.size;
     this.directAlignment = f.direct?.offset ?? 0;
     this.evict = isUncached(this.cache) && !f.direct ? new EvictBehind(native!, f.fh.fd) : undefined;
+    this.timeoutMs = (opts.timeout ?? 0) * 1000;
     const align = Math.max(opts.requestAlignment ?? 1, this.directAlignment);
     this.limits = { ...this.limits, requestAlignment: align, memoryAlignment: f.direct?.memory ?? 1, optTransfer: 1024 * 1024 };
   }
@@ -213,9 +222,9 @@ export class FileNode extends BlockNode {
     const buf = fh === this.fh ? this.ioBuffer(into) : into;
     let done = 0;
     try {
-      done = await preadFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0);
+      done = await preadFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0, this.timeoutMs);
     } catch (err) {
-      throw fromSystemError(err, this.ctx('read', offset, into.byteLength));
+      throw this.ioError(err, 'read', offset, into.byteLength);
     }
     // A file that shrank under us reads as zeros past its end, as a hole would.
     if (done < buf.byteLength) buf.fill(0, done);
@@ -229,16 +238,23 @@ export class FileNode extends BlockNode {
     const fh = handle instanceof Promise ? await handle : handle;
     const buf = fh === this.fh ? this.ioBuffer(data, true) : data;
     try {
-      await pwriteFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0);
+      await pwriteFull(fh.fd, buf, offset, fh === this.fh && this.directAlignment > 0, this.timeoutMs);
       await this.evict?.afterWrite(offset, data.byteLength);
       if (opts.fua || this.cache === 'writethrough' || this.cache === 'directsync') await fh.datasync();
     } catch (err) {
-      throw fromSystemError(err, this.ctx('write', offset, data.byteLength));
+      throw this.ioError(err, 'write', offset, data.byteLength);
     } finally {
       // A walk made while this write was in flight may have seen a hole where the data now is;
       // holes are cached, so drop it again (stale "data" answers are harmless, stale holes not).
       this.dataMap = undefined;
     }
+  }
+
+  /** A failed read or write as a BlockError; a missed deadline says which (strerror would say "Connection timed out"). */
+  private ioError(err: unknown, op: 'read' | 'write', offset: number, length: number): BlockError {
+    const ctx = this.ctx(op, offset, length);
+    if ((err as NodeJS.ErrnoException).code !== 'ETIMEDOUT' || !this.timeoutMs) return fromSystemError(err, ctx);
+    return new BlockError('ETIMEDOUT', `Could not ${op} '${this.path}': no answer within ${this.timeoutMs / 1000} s (ETIMEDOUT)`, ctx, { cause: err });
   }
 
   /** Zeroing with fallocate alone (see zeroRange); ENOTSUP lets the generic layer write zero buffers. */

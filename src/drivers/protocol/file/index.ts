@@ -26,6 +26,7 @@ export const fileDriver: DriverDef = {
       exclusive: boolOption(spec, 'exclusive'),
       growable: boolOption(spec, 'growable'),
       nodeName: stringOption(spec, 'node-name'),
+      timeout: ctx.options.fileTimeout,
     });
   },
 };

@@ -28,6 +28,10 @@ interface Pending {
   write: boolean;
   resolve: (bytes: number) => void;
   reject: (err: Error) => void;
+  /** performance.now() past which the caller is told ETIMEDOUT; Infinity: no deadline. */
+  deadline: number;
+  /** Given up on (rejected with ETIMEDOUT): its completion, if it comes, only frees the id. */
+  abandoned: boolean;
 }
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
@@ -54,6 +58,10 @@ function release(id: number): Pending {
 function complete(done: Uint32Array, results: Float64Array): void {
   for (let i = 0; i < done.length; i++) {
     const p = release(done[i]!);
+    if (p.deadline !== Infinity) {
+      if (p.abandoned) continue;
+      timed--;
+    }
     const r = results[i]!;
     if (r >= 0) p.resolve(r);
     else p.reject(errnoError(-r, p.write));
@@ -100,11 +108,47 @@ function flush(): void {
 const KIND_WRITE = 1;
 const KIND_DIRECT = 2;
 
-function submit(fd: number, buf: Uint8Array, offset: number, kind: number): Promise<number> {
+/*
+ * Deadlines. A read or write on a dead NFS or FUSE mount never returns, and its thread cannot be
+ * stopped; a caller with a deadline (vdisk's --timeout) is told ETIMEDOUT instead, and the
+ * request is left to the queue, which stops waiting for it too. One interval checks every
+ * request with a deadline, while any is in flight: no timer per request.
+ */
+/** Requests in flight with a deadline, not given up on yet. */
+let timed = 0;
+let watchdog: NodeJS.Timeout | undefined;
+/** How often deadlines are checked: an expired request fails at most this late. */
+const WATCH_MS = 100;
+
+function checkDeadlines(): void {
+  const now = performance.now();
+  for (let id = 0; id < pending.length; id++) {
+    const p = pending[id];
+    if (!p || p.abandoned || p.deadline > now) continue;
+    p.abandoned = true;
+    timed--;
+    queue!.abandon(id);
+    p.reject(errnoError(ETIMEDOUT, p.write));
+  }
+  if (timed === 0) {
+    clearInterval(watchdog);
+    watchdog = undefined;
+  }
+}
+
+const ETIMEDOUT = constants.errno.ETIMEDOUT;
+
+function submit(fd: number, buf: Uint8Array, offset: number, kind: number, timeoutMs: number): Promise<number> {
   queue ??= new native!.IoQueue(MAX_THREADS, complete);
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
-    pending[id] = { buf, write: (kind & KIND_WRITE) !== 0, resolve, reject };
+    let deadline = Infinity;
+    if (timeoutMs > 0) {
+      deadline = performance.now() + timeoutMs;
+      timed++;
+      watchdog ??= setInterval(checkDeadlines, WATCH_MS).unref();
+    }
+    pending[id] = { buf, write: (kind & KIND_WRITE) !== 0, resolve, reject, deadline, abandoned: false };
     if (count === ids.length) grow();
     ids[count] = id;
     fds[count] = fd;
@@ -141,14 +185,14 @@ function resetInline(): void {
  * for the disk (it only avoids waiting on locks), so the inline attempt would block the event
  * loop for the whole disk read (0.1–4 ms per 64 KiB, measured); those always go to the queue.
  */
-export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct = false): Promise<number> {
+export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct = false, timeoutMs = 0): Promise<number> {
   if (!direct && buf.byteLength <= INLINE_READ_MAX && inlineThisTurn < INLINE_PER_TURN) {
     if (inlineThisTurn++ === 0) setImmediate(resetInline);
     // -1: not all of it is cached (or the read fails): the queue does it, and reports failures.
     const n = native!.preadNowait(fd, buf, offset);
     if (n === buf.byteLength) return Promise.resolve(n);
   }
-  return submit(fd, buf, offset, direct ? KIND_DIRECT : 0);
+  return submit(fd, buf, offset, direct ? KIND_DIRECT : 0, timeoutMs);
 }
 
 /**
@@ -156,6 +200,6 @@ export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct =
  * (the inode lock), so the queue runs only two at once; `direct` (O_DIRECT) writes overlap in
  * the device and are not held back.
  */
-export async function queuedWrite(fd: number, buf: Uint8Array, offset: number, direct = false): Promise<void> {
-  await submit(fd, buf, offset, direct ? KIND_WRITE | KIND_DIRECT : KIND_WRITE);
+export async function queuedWrite(fd: number, buf: Uint8Array, offset: number, direct = false, timeoutMs = 0): Promise<void> {
+  await submit(fd, buf, offset, direct ? KIND_WRITE | KIND_DIRECT : KIND_WRITE, timeoutMs);
 }
