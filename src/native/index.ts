@@ -223,7 +223,7 @@ const ADDON_PATH = '../../build/Release/vdisk_native.node';
  * The interface version this loader speaks (kAbi in native/vdisk.cc): a build whose functions
  * have the right names but older meanings must not be used.
  */
-const NATIVE_ABI = 3;
+const NATIVE_ABI = 4;
 
 const REQUIRED: readonly (keyof NativeAddon)[] = [
   'seekData',
