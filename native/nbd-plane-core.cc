@@ -71,7 +71,11 @@ int Plane::Start() {
   wake_read_ = pipefd[0];
   wake_write_ = pipefd[1];
   alive_ = 1;
-  workers_.emplace_back([this] { Worker(); });
+  {
+    // The first worker may start another (under mu_) before this emplace is done.
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_.emplace_back([this] { Worker(); });
+  }
   sender_ = std::thread([this] { Sender(); });
   started_ = true;
   return 0;
