@@ -6,6 +6,7 @@ import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { CopyOnReadNode, type Serialise } from '../drivers/filter/copy-on-read/index.js';
 import { Job, type JobOptions } from './job.js';
 import { RateLimit } from './rate-limit.js';
+import { WritebackAhead } from './writeback-ahead.js';
 
 export interface StreamOptions extends JobOptions {
   /** The image to fill, open for writing with its backing chain. */
@@ -65,6 +66,8 @@ export class StreamJob extends Job<void> {
     const chunk = Math.max(cluster, alignDown(this.opts.bufferSize ?? DEFAULT_BUFFER, cluster));
     const plan = streamPlan(image, layers, this.opts.base === undefined, chunk)[Symbol.asyncIterator]();
     let failure: unknown;
+    // The image's writeback starts as the copies go, so that the flush ending them is short.
+    const ahead = new WritebackAhead(image);
     const worker = async () => {
       let buf: Uint8Array | undefined;
       while (failure === undefined) {
@@ -78,6 +81,7 @@ export class StreamJob extends Job<void> {
             buf ??= new Uint8Array(chunk);
             // The read copies as it goes; its bytes are not needed here (QEMU's PREFETCH).
             await this.node.read(offset, buf.subarray(0, length));
+            ahead.moved(length);
           }
           if (failure === undefined) this.addProgress(length);
         } catch (err) {
@@ -86,6 +90,7 @@ export class StreamJob extends Job<void> {
       }
     };
     await Promise.all(Array.from({ length: this.opts.inFlight ?? 4 }, worker));
+    await ahead.settle().catch((err: unknown) => (failure ??= err));
     // What was copied is flushed whether or not the job goes on: the image stays consistent.
     await image.flush();
     if (failure !== undefined) throw failure;
