@@ -51,6 +51,8 @@ constexpr size_t kMaxRuns = 64;
 // get requests to overlap with (a read that misses the page cache waits).
 constexpr size_t kMaxBatch = 16;
 constexpr size_t kBatchBytes = 128 * 1024;
+// JavaScript's replies the sender gathers into one sendmsg.
+constexpr size_t kMaxSenderBatch = 64;
 
 }  // namespace
 
@@ -682,18 +684,29 @@ size_t Plane::FindRuns(const Request& r, Run* runs) {
 // Sends JavaScript's replies, and ends the connection once reading has
 // stopped and every request is answered.
 void Plane::Sender() {
+  std::vector<Outgoing> batch;
+  std::vector<struct iovec> iov;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     sender_cv_.wait(lock, [this] { return !outbox_.empty() || Drained(); });
     if (outbox_.empty()) break;
-    Outgoing o = outbox_.front();
-    outbox_.pop_front();
+    // Every reply waiting goes in one sendmsg, as the JavaScript path corks a turn's replies.
+    while (!outbox_.empty() && batch.size() < kMaxSenderBatch) {
+      batch.push_back(outbox_.front());
+      outbox_.pop_front();
+    }
     lock.unlock();
-    struct iovec iov = {o.data, o.length};
-    Send(&iov, 1);
-    free(o.data);
+    size_t bytes = 0;
+    for (const Outgoing& o : batch) {
+      iov.push_back({o.data, o.length});
+      bytes += o.length;
+    }
+    Send(iov.data(), iov.size());
+    for (const Outgoing& o : batch) free(o.data);
+    batch.clear();
+    iov.clear();
     lock.lock();
-    pending_ -= o.length;
+    pending_ -= bytes;
     room_cv_.notify_all();
   }
   bool linger = !destroyed_ && !broken_;
