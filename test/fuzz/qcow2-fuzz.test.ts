@@ -13,7 +13,9 @@
  * grown its file far and sparse, and check compared a refcount per cluster of it (12-43 s; case
  * seed 1086727064). Fixed (check-compare.ts skips clusters whose refcount block is not stored
  * unless something references them) and tested against qemu-img check; the replay now takes
- * 1.3 s. A long run on the fixed code is still to do.
+ * 1.3 s. Seed 2 again on the fixed code (2026-11-23, 2 workers, the first third beside other
+ * work): 100,000 cases in 1,819 s, 0 failures, no hang (slowest 4,279 ms: that same case, under
+ * load), RSS growth at most 117 MiB; every stage reached (rw-io 65,528, ro-check 65,785).
  *
  *   VDISK_FUZZ_CASES=100000 VDISK_FUZZ_SEED=1 VDISK_FUZZ_LOG=qcow2-fuzz.log \
  *     node --import tsx test/fuzz/qcow2.fuzz.ts
