@@ -2,11 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { commandOutput, type Benchmark } from './harness.js';
+import { commandOutput, VDISK, type Benchmark } from './harness.js';
 
-/** The vdisk entry point timed (VDISK_BIN overrides it, e.g. to compare two builds). */
-const VDISK = process.env.VDISK_BIN ?? fileURLToPath(new URL('../bin/vdisk.js', import.meta.url));
 const KiB = 1024;
 const GiB = 1024 ** 3;
 const CLUSTER = 64 * KiB;
@@ -90,7 +87,7 @@ export function allocWriteBenchmarks(rounds = 3): Benchmark[] {
         async teardown() {
           rmSync(dir, { recursive: true, force: true });
         },
-        vdisk: { name: 'vdisk bench', run: () => freshRun(dir, [process.execPath, VDISK], w, v.vdisk, cache) },
+        vdisk: { name: 'vdisk bench', run: () => freshRun(dir, [VDISK], w, v.vdisk, cache) },
         peer: { name: 'qemu-img bench', run: () => freshRun(dir, ['qemu-img'], w, v.qemu, cache) },
       });
     }

@@ -4,11 +4,9 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeSyn
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { timeCommand, type Benchmark } from './harness.js';
+import { timeCommand, VDISK, type Benchmark } from './harness.js';
 
 /** The vdisk entry point timed (VDISK_BIN overrides it, e.g. to compare two builds). */
-const VDISK = process.env.VDISK_BIN ?? fileURLToPath(new URL('../bin/vdisk.js', import.meta.url));
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** The source: 4 GiB holding 256 runs of 2 MiB, one every 16 MiB (512 MiB of random data). */
@@ -16,15 +14,6 @@ const SIZE = 4 * GiB;
 const RUN = 2 * MiB;
 const STRIDE = 16 * MiB;
 const RUNS = 256;
-
-/**
- * VDISK_BENCH_UNSET_EXTRA_CA=1 runs both tools with NODE_EXTRA_CA_CERTS removed from their
- * environment (through env -u, for both alike). Node 20 reads that file of certificates at
- * start-up, eagerly: where it is set (this sandbox sets it), every vdisk command pays ~35 ms
- * before doing anything. vdisk cannot drop it for its users (https backing files need it), so
- * rows measured so say it in their names, and BENCHMARKS.md gives the figures both ways.
- */
-const UNSET_EXTRA_CA = process.env.VDISK_BENCH_UNSET_EXTRA_CA === '1';
 
 /**
  * Thrown by a benchmark's setup when this machine cannot run it (run.ts reports it as skipped):
@@ -74,13 +63,12 @@ function pair(c: Case, measure: 'wall' | 'cpu', rounds: number): Benchmark {
     const file = out();
     await fsp.rm(file, { force: true });
     warm(src);
-    const [cmd, args] = UNSET_EXTRA_CA ? ['env', ['-u', 'NODE_EXTRA_CA_CERTS', tool, ...toolArgs(file)]] : [tool, toolArgs(file)];
-    const t = measure === 'wall' ? await timeCommand(cmd, args) : await cpuCommand(cmd, args);
+    const t = measure === 'wall' ? await timeCommand(tool, toolArgs(file)) : await cpuCommand(tool, toolArgs(file));
     await fsp.rm(file, { force: true });
     return t;
   };
   return {
-    name: `convert ${c.name}, 4 GiB with 512 MiB of data${measure === 'cpu' ? ': CPU time (user + sys)' : ''}${UNSET_EXTRA_CA ? ' (NODE_EXTRA_CA_CERTS unset)' : ''}`,
+    name: `convert ${c.name}, 4 GiB with 512 MiB of data${measure === 'cpu' ? ': CPU time (user + sys)' : ''}`,
     goal: measure === 'wall' ? { max: 0.8 } : {},
     unit: 's',
     rounds,
@@ -95,7 +83,7 @@ function pair(c: Case, measure: 'wall' | 'cpu', rounds: number): Benchmark {
         [src, dir] = [c.source === 'raw' ? f.raw : f.qcow2, f.dir];
       }
     },
-    vdisk: { name: 'vdisk convert', run: run(process.execPath, (out) => [VDISK, 'convert', ...c.args(src, out)], () => path.join(dir, 'out.vdisk')) },
+    vdisk: { name: 'vdisk convert', run: run(VDISK, (out) => ['convert', ...c.args(src, out)], () => path.join(dir, 'out.vdisk')) },
     peer: { name: 'qemu-img convert', run: run('qemu-img', (out) => ['convert', ...c.args(src, out)], () => path.join(dir, 'out.qemu')) },
   };
 }

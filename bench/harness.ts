@@ -1,5 +1,12 @@
 import { spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The command timed: the installed launcher (bin/vdisk, running the bundle `npm run build` makes),
+ * as a user runs it. VDISK_BIN overrides it, e.g. to compare two builds.
+ */
+export const VDISK = process.env.VDISK_BIN ?? fileURLToPath(new URL('../bin/vdisk', import.meta.url));
 
 /**
  * Runs vdisk and its peer on the same input in the same run, alternating, for several rounds,

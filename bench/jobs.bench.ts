@@ -1,11 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { cpuCommand } from './convert.bench.js';
-import { commandOutput, timeCommand, type Benchmark } from './harness.js';
+import { commandOutput, timeCommand, VDISK, type Benchmark } from './harness.js';
 
-const VDISK = fileURLToPath(new URL('../bin/vdisk.js', import.meta.url));
 const MiB = 1024 * 1024;
 
 /** qemu-io commands writing `count` runs of 2 MiB, one every 8 MiB from `start`, pattern `p`. */
@@ -75,7 +73,7 @@ function jobBenchmark(rounds: number, measure: Measure, o: {
       await o.build(s);
     },
     teardown: () => fsp.rm(dir, { recursive: true, force: true }),
-    vdisk: { name: o.vdisk.name, run: () => timed(process.execPath, [VDISK, ...o.vdisk.args(s)])() },
+    vdisk: { name: o.vdisk.name, run: () => timed(VDISK, o.vdisk.args(s))() },
     peer: { name: o.peer.name, run: () => timed('qemu-img', o.peer.args(s))() },
   };
 }

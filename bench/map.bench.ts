@@ -1,10 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { timeCommand, type Benchmark } from './harness.js';
+import { timeCommand, VDISK, type Benchmark } from './harness.js';
 
-const VDISK = fileURLToPath(new URL('../bin/vdisk.js', import.meta.url));
 const TiB = 1024 ** 4;
 
 /**
@@ -32,7 +30,7 @@ export function mapBenchmark(extents = 20_000, rounds = 5): Benchmark {
     async teardown() {
       await fsp.rm(dir, { recursive: true, force: true });
     },
-    vdisk: { name: 'vdisk map', run: () => timeCommand(process.execPath, [VDISK, 'map', '--output=json', '-f', 'raw', file]) },
+    vdisk: { name: 'vdisk map', run: () => timeCommand(VDISK, ['map', '--output=json', '-f', 'raw', file]) },
     peer: { name: 'qemu-img map', run: () => timeCommand('qemu-img', ['map', '--output=json', '-f', 'raw', file]) },
   };
 }

@@ -2,11 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { commandOutput, maxRssCommand, type Benchmark } from './harness.js';
+import { commandOutput, maxRssCommand, VDISK, type Benchmark } from './harness.js';
 
-/** The vdisk entry point timed (VDISK_BIN overrides it, e.g. to compare two builds). */
-const VDISK = process.env.VDISK_BIN ?? fileURLToPath(new URL('../bin/vdisk.js', import.meta.url));
 const KiB = 1024;
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -97,7 +94,7 @@ function cliBenchmark(name: string, format: 'qcow2' | 'raw', args: string[], cou
       const img = fixture();
       file = format === 'qcow2' ? img.qcow2 : img.raw;
     },
-    vdisk: { name: 'vdisk bench', run: () => opsPerSecond(process.execPath, [VDISK, ...argv()], count) },
+    vdisk: { name: 'vdisk bench', run: () => opsPerSecond(VDISK, argv(), count) },
     peer: { name: 'qemu-img bench', run: () => opsPerSecond('qemu-img', argv(), count) },
   };
 }
@@ -126,8 +123,8 @@ function flatMemoryBenchmark(image: BigImage, small: number, large: number): Ben
     async setup() {
       file = fixture()[image];
     },
-    vdisk: { name: `vdisk bench -c ${large}`, run: () => maxRssCommand(process.execPath, [VDISK, ...scatteredReads(large, file)]) },
-    peer: { name: `vdisk bench -c ${small}`, run: () => maxRssCommand(process.execPath, [VDISK, ...scatteredReads(small, file)]) },
+    vdisk: { name: `vdisk bench -c ${large}`, run: () => maxRssCommand(VDISK, scatteredReads(large, file)) },
+    peer: { name: `vdisk bench -c ${small}`, run: () => maxRssCommand(VDISK, scatteredReads(small, file)) },
   };
 }
 
@@ -144,7 +141,7 @@ function memoryBesideQemuBenchmark(image: BigImage, count: number): Benchmark {
     async setup() {
       file = fixture()[image];
     },
-    vdisk: { name: 'vdisk bench', run: () => maxRssCommand(process.execPath, [VDISK, ...scatteredReads(count, file)]) },
+    vdisk: { name: 'vdisk bench', run: () => maxRssCommand(VDISK, scatteredReads(count, file)) },
     peer: { name: 'qemu-img bench', run: () => maxRssCommand('qemu-img', scatteredReads(count, file)) },
   };
 }

@@ -1,3 +1,3 @@
 #!/usr/bin/env node
-import { runProcess } from '../dist/cli/entry.js';
-await runProcess();
+// The command line, bundled by scripts/bundle-cli.mjs (`npm run build`).
+import '../dist/bin/dev.js';

@@ -29,3 +29,47 @@ describe('process entry', () => {
     }
   });
 });
+
+/*
+ * bin/vdisk, the installed command: runs the bundle npm run build made (dist/bin), and keeps
+ * NODE_EXTRA_CA_CERTS from Node's start-up. Node warns on stderr when it cannot load that file,
+ * so a file that does not exist shows whether Node itself tried.
+ */
+describe('the vdisk launcher (bin/vdisk)', () => {
+  function launch(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = spawn(cmd, args, { cwd: os.tmpdir(), env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+  }
+
+  it('runs the built command line, also through a symbolic link as npm installs it', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdisk-launcher-'));
+    try {
+      fs.symlinkSync(`${REPO}bin/vdisk`, path.join(dir, 'vdisk'));
+      const env = { ...process.env, PATH: `${dir}:${process.env.PATH}` };
+      for (const cmd of [`${REPO}bin/vdisk`, 'vdisk']) {
+        const r = await launch(cmd, ['--version'], env);
+        assert.equal(r.code, 0, cmd);
+        assert.match(r.stdout, /^vdisk version /, cmd);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('moves NODE_EXTRA_CA_CERTS to VDISK_EXTRA_CA_CERTS, so Node does not read it at start-up', async () => {
+    const missing = path.join(os.tmpdir(), 'vdisk-no-such-ca.pem');
+    const direct = spawn(process.execPath, ['-e', '0'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: missing }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let warning = '';
+    direct.stderr.on('data', (d: Buffer) => (warning += d.toString()));
+    await new Promise((resolve) => direct.once('close', resolve));
+    assert.match(warning, /extra certs/i, 'Node itself warns about the file: the check below means something');
+
+    const r = await launch(`${REPO}bin/vdisk`, ['--version'], { ...process.env, NODE_EXTRA_CA_CERTS: missing, VDISK_EXTRA_CA_CERTS: '' });
+    assert.equal(r.code, 0);
+    assert.equal(r.stderr, '');
+  });
+});
