@@ -1,13 +1,13 @@
 import { amendQcow2, type Qcow2AmendOptions } from '../drivers/format/qcow2/amend.js';
 import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
+import type { CreateOption } from '../registry/driver.js';
 import { hasFlag, lastValue, parseArgs } from './args.js';
 import { print, type CliIo } from './context.js';
-import { parseCreateOptions } from './create.js';
 import { UsageError } from './errors.js';
 import { cacheMode, openImage, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { QemuProgress } from './progress.js';
+import { checkOptionList, parseQemuOpts } from './qemu-opts.js';
 import { resizeImage } from './resize.js';
-import { qemuStrtosz } from './sizes.js';
 
 const HELP = `usage: vdisk amend [-f FMT | --image-opts] [-t CACHE] [-p] [-q] [--timeout SECONDS] -o OPTIONS IMAGE
 Changes format options of an existing image, as qemu-img amend does ('-o help' lists them).
@@ -15,24 +15,30 @@ qcow2: compat (0.10 or 1.1), lazy_refcounts, refcount_bits, size; backing_file a
 only as they are (use vdisk rebase to change them).
 ${TIMEOUT_HELP}`;
 
-type Kind = 'str' | 'bool' | 'num' | 'size';
+/** An amend option: its type for the parser, and its line in `-o help`. */
+interface AmendOption extends CreateOption {
+  readonly help: string;
+}
 
 /** qcow2_amend_opts in QEMU 7.2, as `-o help` lists them. */
-const AMEND_OPTIONS: readonly [string, Kind, string][] = [
-  ['backing_file', 'str', 'File name of a base image'],
-  ['backing_fmt', 'str', 'Image format of the base image'],
-  ['compat', 'str', 'Compatibility level (v2 [0.10] or v3 [1.1])'],
-  ['data_file', 'str', 'File name of an external data file'],
-  ['data_file_raw', 'bool', 'The external data file must stay valid as a raw image'],
-  ['encrypt.iter-time', 'num', 'Time to spend in PBKDF in milliseconds'],
-  ['encrypt.keyslot', 'num', 'Select a single keyslot to modify explicitly'],
-  ['encrypt.new-secret', 'str', 'New secret to set in the matching keyslots. Empty string to erase'],
-  ['encrypt.old-secret', 'str', 'Select all keyslots that match this password'],
-  ['encrypt.state', 'str', 'Select new state of affected keyslots (active/inactive)'],
-  ['lazy_refcounts', 'bool', 'Postpone refcount updates'],
-  ['refcount_bits', 'num', 'Width of a reference count entry in bits'],
-  ['size', 'size', 'Virtual disk size'],
+const AMEND_OPTIONS: readonly AmendOption[] = [
+  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
+  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
+  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
+  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
+  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
+  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  { name: 'encrypt.keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
+  { name: 'encrypt.new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
+  { name: 'encrypt.old-secret', type: 'string', help: 'Select all keyslots that match this password' },
+  { name: 'encrypt.state', type: 'string', help: 'Select new state of affected keyslots (active/inactive)' },
+  { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates' },
+  { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits' },
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
 ];
+
+/** How `-o help` names each type, as QEMU's qemu_opts_print_help does. */
+const TYPE_NAMES: Record<CreateOption['type'], string> = { string: 'str', number: 'num', bool: 'bool (on/off)', size: 'size' };
 
 /** qcow2 options that only image creation takes: qemu-img names them so. */
 const CREATE_ONLY = new Set([
@@ -49,13 +55,8 @@ export async function amend(argv: string[], io: CliIo): Promise<number> {
   if (hasFlag(p, 'help')) return print(io, HELP), 0;
   const lists = p.options.get('options');
   if (!lists) throw new UsageError('Must specify options (-o)');
-  for (const list of lists) {
-    // qemu-img's is_valid_option_list: lists are joined with commas, so none may start with one
-    // or end with an odd one.
-    if (list === '' || list.startsWith(',') || (list.length - list.replace(/,+$/, '').length) % 2 === 1) {
-      throw new UsageError(`Invalid option list: ${list}`);
-    }
-  }
+  // qemu-img joins the lists with commas, so none may start with one or end with an odd one.
+  for (const list of lists) checkOptionList(list);
   // qemu-img's has_help_option: a bare "help" or "?" anywhere in the lists.
   const wantsHelp = lists.some((l) => l.split(/,(?!,)/).some((part) => part === 'help' || part === '?'));
   const format = lastValue(p, 'format');
@@ -65,7 +66,7 @@ export async function amend(argv: string[], io: CliIo): Promise<number> {
   await using node = await openImage(p, p.positionals[0]!, { readOnly: false, cache: cacheMode(lastValue(p, 'cache')) });
   if (wantsHelp) return amendHelp(io, node.driver);
   if (!(node instanceof Qcow2Node)) throw new UsageError(`Format driver '${node.driver}' does not support option amendment`);
-  const options = amendOptions(parseCreateOptions(lists));
+  const options = amendOptions(lists.join(','));
   const progress = new QemuProgress(hasFlag(p, 'progress') && !hasFlag(p, 'quiet') ? io.stdout : undefined, 1);
   try {
     progress.print(0, 0);
@@ -81,28 +82,21 @@ export async function amend(argv: string[], io: CliIo): Promise<number> {
 function amendHelp(io: CliIo, format: string): number {
   if (format !== 'qcow2') throw new UsageError(`Format driver '${format}' does not support option amendment`);
   print(io, `Amend options for '${format}':`);
-  for (const [name, kind, text] of AMEND_OPTIONS) {
-    const type = kind === 'bool' ? 'bool (on/off)' : kind;
-    print(io, `  ${`${name}=<${type}>`.padEnd(22)} - ${text}`);
-  }
+  for (const { name, type, help } of AMEND_OPTIONS) print(io, `  ${`${name}=<${TYPE_NAMES[type]}>`.padEnd(22)} - ${help}`);
   return 0;
 }
 
 /** The options checked as QEMU's option parser checks them, then named for the driver. */
-function amendOptions(given: Record<string, string>): Qcow2AmendOptions {
-  const values = new Map<string, string | boolean | number>();
-  for (const [name, text] of Object.entries(given)) {
-    const desc = AMEND_OPTIONS.find(([n]) => n === name);
-    if (!desc) {
-      throw new UsageError(CREATE_ONLY.has(name) ? `Invalid parameter '${name}': this option is only supported for image creation` : `Invalid parameter '${name}'`);
-    }
-    values.set(name, parseValue(name, desc[1], text));
-  }
+function amendOptions(text: string): Qcow2AmendOptions {
+  const unknown = (name: string) =>
+    CREATE_ONLY.has(name) ? `Invalid parameter '${name}': this option is only supported for image creation` : `Invalid parameter '${name}'`;
+  const values = parseQemuOpts(text, AMEND_OPTIONS, unknown);
   const str = (k: string) => values.get(k) as string | undefined;
-  const num = (k: string) => values.get(k) as number | undefined;
+  // qcow2_amend_options reads numbers as a C int.
+  const num = (k: string) => (values.has(k) ? Number(BigInt.asIntN(32, values.get(k) as bigint)) : undefined);
   const bool = (k: string) => values.get(k) as boolean | undefined;
   return {
-    size: num('size'),
+    size: size(values.get('size') as bigint | undefined),
     compat: str('compat'),
     backingFile: str('backing_file'),
     backingFormat: str('backing_fmt'),
@@ -114,31 +108,9 @@ function amendOptions(given: Record<string, string>): Qcow2AmendOptions {
   };
 }
 
-function parseValue(name: string, kind: Kind, text: string): string | boolean | number {
-  switch (kind) {
-    case 'str':
-      return text;
-    case 'bool':
-      // qapi_bool_parse
-      if (['on', 'yes', 'true', 'y'].includes(text)) return true;
-      if (['off', 'no', 'false', 'n'].includes(text)) return false;
-      throw new UsageError(`Parameter '${name}' expects 'on' or 'off'`);
-    case 'num': {
-      // qemu_strtou64, base 0; amend then reads the number as a C int.
-      const m = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(text);
-      if (!m) throw new UsageError(`Parameter '${name}' expects a number`);
-      const digits = m[2]!;
-      const value = /^0[0-7]+$/.test(digits) ? BigInt(`0o${digits.slice(1)}`) : BigInt(digits);
-      if (value >= 1n << 64n) throw new UsageError(`Value '${text}' is too large for parameter '${name}'`);
-      // A minus wraps around, as strtoull's does.
-      return Number(BigInt.asIntN(32, m[1] === '-' ? -value : value));
-    }
-    case 'size': {
-      const r = qemuStrtosz(text);
-      if (!r.ok && r.error === 'ERANGE') throw new UsageError(`Value '${text}' is out of range for parameter '${name}'`);
-      if (!r.ok) throw new UsageError(`Parameter '${name}' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)`);
-      if (r.value > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError(`Value '${text}' is too large for vdisk (at most 2^53 - 1 bytes)`);
-      return Number(r.value);
-    }
+function size(value: bigint | undefined): number | undefined {
+  if (value !== undefined && value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new UsageError(`Value '${value}' is too large for vdisk (at most 2^53 - 1 bytes)`);
   }
+  return value === undefined ? undefined : Number(value);
 }

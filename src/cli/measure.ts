@@ -1,12 +1,12 @@
 import type { BlockNode } from '../core/block-node.js';
 import { Qcow2Node } from '../drivers/format/qcow2/qcow2-node.js';
 import { findSnapshot } from '../drivers/format/qcow2/snapshots.js';
-import type { MeasureInfo, NodeSpec } from '../registry/driver.js';
+import type { CreateOption, MeasureInfo, NodeSpec } from '../registry/driver.js';
 import { parseFilename, registry } from '../registry/index.js';
 import { hasFlag, lastValue, parseArgs, type Parsed } from './args.js';
 import { print, type CliIo } from './context.js';
 import { UsageError } from './errors.js';
-import { checkOptionList, parseMeasureOptions } from './measure-options.js';
+import { checkOptionList, parseQemuOpts } from './qemu-opts.js';
 import { openImage, openStorage, outputFormat, parseImageOpts, storageTimeouts, TIMEOUT_HELP, TIMEOUT_OPTION } from './open-image.js';
 import { qemuStrtosz } from './sizes.js';
 
@@ -22,6 +22,17 @@ extended_l2, preallocation and backing_file change the answer.
 ${TIMEOUT_HELP}`;
 
 const INT64_MAX = (1n << 63n) - 1n;
+
+/**
+ * What qemu-img appends to every format's create options (bdrv_file.create_opts), a format's own
+ * first: measure accepts them all, then the format looks only at those that change a size.
+ */
+const FILE_CREATE_OPTIONS: readonly CreateOption[] = [
+  { name: 'size', type: 'size' },
+  { name: 'preallocation', type: 'string' },
+  { name: 'nocow', type: 'bool' },
+  { name: 'extent_size_hint', type: 'size' },
+];
 
 /** cvtnum("image size"): qemu_strtosz between 0 and INT64_MAX, with qemu-img's words. */
 function imageSize(text: string): bigint {
@@ -132,7 +143,7 @@ export async function measure(argv: string[], io: CliIo): Promise<number> {
     const driver = registry.has(format) ? registry.get(format) : undefined;
     if (!driver) throw new UsageError(`Unknown file format '${format}'`);
     if (!driver.measure) throw new UsageError(`Block driver '${format}' does not support size measurement`);
-    const options = parseMeasureOptions(optionLists.join(','), driver.createOptions ?? []);
+    const options = parseQemuOpts(optionLists.join(','), [...(driver.createOptions ?? []), ...FILE_CREATE_OPTIONS]);
     if (size !== undefined) options.set('size', size);
     print(io, render(await driver.measure({ options, input, inputLength: opened?.length }), output));
     return 0;

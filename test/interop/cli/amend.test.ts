@@ -74,6 +74,9 @@ describe('vdisk amend against qemu-img amend', () => {
     { name: 'data_file_raw=off without a data file', file: 'v3.qcow2', args: ['-o', 'data_file_raw=off'] },
     { name: 'compat=0.10 of a zstd image without compressed clusters', file: 'zstd.qcow2', args: ['-f', 'qcow2', '-o', 'compat=0.10'] },
     { name: 'several changes at once', file: 'v2.qcow2', args: ['-o', 'compat=1.1,lazy_refcounts=on,refcount_bits=8,size=5M'] },
+    // QEMU's option syntax: a bare name is on, "no" before it off; id= is the parser's own.
+    { name: 'a bare flag (lazy_refcounts)', file: 'r64.qcow2', args: ['-o', 'lazy_refcounts'] },
+    { name: 'a "no" flag (nolazy_refcounts) with id= and a hex number', file: 'v3.qcow2', args: ['-o', 'id=x,nolazy_refcounts', '-o', 'refcount_bits=0x20'] },
   ];
 
   for (const c of DONE) {
@@ -151,6 +154,7 @@ describe('vdisk amend against qemu-img amend', () => {
     { name: 'compat=0.10 with extended L2 entries', file: 'extl2.qcow2', args: ['-o', 'compat=0.10'], message: /Cannot downgrade an image with incompatible features 0x10 set/ },
     { name: 'compat=0.10 with zstd-compressed clusters', file: 'zstdc.qcow2', args: ['-o', 'compat=0.10'], message: /zstd compression type and existing compressed clusters/ },
     { name: 'an invalid option list', file: 'v3.qcow2', args: ['-o', ',compat=1.1'], message: /Invalid option list/ },
+    { name: 'an unknown flag', file: 'v3.qcow2', args: ['-o', 'nobogus'], message: /Invalid parameter 'bogus'/ },
     { name: 'a raw image', file: 'plain.raw', args: ['-f', 'raw', '-o', 'size=2M'], message: /Format driver 'raw' does not support option amendment/ },
   ];
 

@@ -3,20 +3,12 @@ import type { CreateOption, CreateOptionValue } from '../registry/driver.js';
 import { UsageError } from './errors.js';
 
 /*
- * `-o` as qemu-img measure reads it: QEMU's option parser (util/qemu-option.c opts_do_parse)
- * over the format's create options followed by the file protocol's, every value checked against
- * its type as it is read, the first bad one reported. Measure must accept exactly what qemu-img
- * accepts, so scripts that pass it create options keep working; the format then looks only at
- * the options that change a size.
+ * `-o` lists as qemu-img reads them: QEMU's option parser (util/qemu-option.c opts_do_parse)
+ * against a list of known options, every value checked against its type as it is read, the
+ * first bad one reported. measure and amend must accept exactly what qemu-img accepts
+ * (`lazy_refcounts` alone is on, `nolazy_refcounts` off, `,,` a comma, `id=` ignored), so
+ * scripts written for it keep working.
  */
-
-/** What qemu-img appends to every format's options (bdrv_file.create_opts); a format's own come first. */
-const FILE_CREATE_OPTIONS: readonly CreateOption[] = [
-  { name: 'size', type: 'size' },
-  { name: 'preallocation', type: 'string' },
-  { name: 'nocow', type: 'bool' },
-  { name: 'extent_size_hint', type: 'size' },
-];
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -70,12 +62,17 @@ function parseValue(desc: CreateOption, text: string): CreateOptionValue {
 }
 
 /**
- * Parses `a=1,b=2,flag,noflag` against the format's options; the last of a repeated key wins,
- * as qemu_opt_get finds it. A key without a value is a flag set to on (`no` prefix: off).
+ * Parses `a=1,b=2,flag,noflag` against `options` (the first of a name wins); the last of a
+ * repeated key wins, as qemu_opt_get finds it. A key without a value is a flag set to on (`no`
+ * prefix: off). `unknown` words the error for a name that is not in the list.
  */
-export function parseMeasureOptions(text: string, formatOptions: readonly CreateOption[]): Map<string, CreateOptionValue> {
+export function parseQemuOpts(
+  text: string,
+  options: readonly CreateOption[],
+  unknown: (name: string) => string = (name) => `Invalid parameter '${name}'`,
+): Map<string, CreateOptionValue> {
   const descs = new Map<string, CreateOption>();
-  for (const d of [...formatOptions, ...FILE_CREATE_OPTIONS]) if (!descs.has(d.name)) descs.set(d.name, d);
+  for (const d of options) if (!descs.has(d.name)) descs.set(d.name, d);
   const out = new Map<string, CreateOptionValue>();
   for (let at = 0; at < text.length;) {
     let name: string;
@@ -93,7 +90,7 @@ export function parseMeasureOptions(text: string, formatOptions: readonly Create
     // QEMU's parser takes "id" for itself and drops it.
     if (name === 'id') continue;
     const desc = descs.get(name);
-    if (!desc) throw new UsageError(`Invalid parameter '${name}'`);
+    if (!desc) throw new UsageError(unknown(name));
     out.delete(name);
     out.set(name, parseValue(desc, value));
   }
