@@ -88,7 +88,7 @@ function pair(c: Case, measure: 'wall' | 'cpu', rounds: number): Benchmark {
   };
 }
 
-interface Fixture {
+export interface Fixture {
   dir: string;
   raw: string;
   qcow2: string;
@@ -97,7 +97,7 @@ interface Fixture {
 let made: Fixture | undefined;
 
 /** The raw source and qemu-img's qcow2 of it, made once per process and removed at exit. */
-function fixture(): Fixture {
+export function fixture(): Fixture {
   if (made) return made;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vdisk-bench-convert-'));
   // The XFS stays mounted for every pair that uses it, and goes with the rest at exit.
@@ -129,7 +129,7 @@ function writeSource(file: string): void {
  * Reads the source's data into the page cache: all of a qcow2 (512 MiB and its metadata), the
  * data runs of a raw image (reading its holes would only take time).
  */
-function warm(file: string): void {
+export function warm(file: string): void {
   const fd = openSync(file, 'r');
   try {
     const buf = Buffer.alloc(RUN);

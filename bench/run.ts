@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { formatResults, runBenchmark, type Benchmark, type Result } from './harness.js';
 import { BenchmarkSkipped, convertBenchmarks } from './convert.bench.js';
+import { copyFloorBenchmarks } from './copy-floor.bench.js';
 import { jobBenchmarks } from './jobs.bench.js';
 import { copyOnReadBenchmarks } from './copy-on-read.bench.js';
 import { mapBenchmark } from './map.bench.js';
@@ -12,7 +13,7 @@ import { allocWriteBenchmarks } from './alloc-write.bench.js';
 /** `npm run bench [-- NAME-FILTER]`: every benchmark, vdisk and its peer side by side. */
 const filter = process.argv[2];
 // The issue's case (20,000 extents) is dominated by Node's start-up; 200,000 shows the per-extent cost.
-const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark(), ...qemuImgBenchBenchmarks(), ...nbdBenchmarks(), ...convertBenchmarks(), ...copyOnReadBenchmarks()];
+const benchmarks: Benchmark[] = [mapBenchmark(20_000), mapBenchmark(200_000, 3), zeroDetectBenchmark(), ...qemuImgBenchBenchmarks(), ...nbdBenchmarks(), ...convertBenchmarks(), ...copyFloorBenchmarks(), ...copyOnReadBenchmarks()];
 benchmarks.push(...jobBenchmarks());
 
 function have(cmd: string): boolean {
