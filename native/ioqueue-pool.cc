@@ -2,6 +2,8 @@
 // them and the event loop (see ioqueue.cc for the design).
 #include "ioqueue-pool.h"
 
+#include "datamap.h"
+
 #include <pthread.h>
 
 #ifdef __linux__
@@ -14,7 +16,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <thread>
+#include <vector>
 
 namespace vdisk {
 namespace {
@@ -67,6 +71,15 @@ double TryCached(const Request&, size_t*) { return -1; }
 // Bytes transferred from `done` on (a read stops short only at end of file),
 // or -errno.
 double Transfer(const Request& r, size_t done) {
+  if (r.kind == kMap) {
+    double end;
+    std::memcpy(&end, r.data, sizeof end);
+    // The caller's buffer need not be aligned for doubles: walk into our own.
+    std::vector<double> out(r.length / sizeof(double));
+    int64_t n = WalkData(r.fd, r.offset, static_cast<int64_t>(end), out.data(), out.size());
+    if (n > 0) std::memcpy(r.data, out.data(), static_cast<size_t>(n) * sizeof(double));
+    return static_cast<double>(n);
+  }
 #ifdef _WIN32
   return -static_cast<double>(ENOSYS);
 #else
@@ -177,7 +190,7 @@ bool IoPool::OnlyAbandonedLeft() const {
 // a multiple of 4 KiB, which keeps O_DIRECT alignment).
 void IoPool::Split(Request* r, std::vector<Request*>* items) const {
   size_t count = std::min<size_t>(cpus_, r->length / kPieceMin);
-  if ((r->kind & kWrite) || count < 2) {
+  if ((r->kind & (kWrite | kMap)) || count < 2) {
     items->push_back(r);
     return;
   }

@@ -23,6 +23,12 @@ enum Kind : uint8_t {
   // it), and writes run in parallel there; without it, buffered writes are
   // serialised by the file system, so few run at a time.
   kDirect = 2,
+  // A SEEK_DATA/SEEK_HOLE walk (datamap.h), alone, never with the bits above:
+  // `data` holds doubles, the first one the walk's end on entry and the
+  // answer on return; `offset` is where it starts; the result is the doubles
+  // written. On the pool rather than the caller's thread for the same reason
+  // reads are: on a dead mount it never returns.
+  kMap = 4,
 };
 
 struct Request {

@@ -29,6 +29,9 @@
 // closing the queue does not wait for it: a thread stuck in a dead NFS or
 // FUSE mount's system call cannot be stopped, only left behind.
 //
+// A map request (kMap) walks SEEK_DATA/SEEK_HOLE on a pool thread, for the
+// same reason: a caller with a deadline must not make that call itself.
+//
 // Buffered writes are held back too. ext4 and XFS take the inode's
 // lock exclusively for a buffered write, so writes to one file run one at a
 // time in the kernel whatever the thread count; 64 threads queued on that lock
@@ -207,8 +210,10 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
         bad = "offset";
       } else if (fds[i] < 0) {
         bad = "fd";
-      } else if (kinds[i] > (kWrite | kDirect)) {
+      } else if (kinds[i] > (kWrite | kDirect) && kinds[i] != kMap) {
         bad = "kind";
+      } else if (kinds[i] == kMap && length < 3 * sizeof(double)) {
+        bad = "map buffer";  // the walk's end on entry; the answer and one run on return
       }
       if (bad) {
         for (Request* r : batch) delete r;
@@ -216,7 +221,9 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
         if (bad[0] == 'b') {
           ThrowTypeError(env, "ERR_INVALID_ARG_TYPE", "IoQueue: every buffer must be a Uint8Array");
         } else if (bad[0] == 'k') {
-          ThrowRange(env, bad, "0 to 3 (1: write, 2: O_DIRECT)", kinds[i]);
+          ThrowRange(env, bad, "0 to 3 (1: write, 2: O_DIRECT) or 4 (map)", kinds[i]);
+        } else if (bad[0] == 'm') {
+          ThrowRange(env, bad, "at least 24 bytes", static_cast<double>(length));
         } else {
           ThrowRange(env, bad, bad[0] == 'o' ? "a safe non-negative integer" : ">= 0",
                      bad[0] == 'o' ? offset : fds[i]);
@@ -316,6 +323,8 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
 void InitIoQueue(Napi::Env env, Napi::Object exports) {
   exports.Set("IoQueue", IoQueue::Define(env));
   exports.Set("preadNowait", Napi::Function::New(env, PreadNowait, "preadNowait"));
+  // The queue takes map requests (kMap): a SEEK_DATA/SEEK_HOLE walk on its threads.
+  exports.Set("ioQueueMap", Napi::Boolean::New(env, true));
 }
 
 }  // namespace vdisk

@@ -136,6 +136,11 @@ export interface NativeAddon {
    */
   mapData(fd: number, offset: number, end: number, maxRuns: number): Float64Array;
   /**
+   * True where IoQueue takes map requests (kind 4): mapData's walk on the queue's threads, into
+   * a buffer of doubles whose first holds the walk's end; the result is the doubles written.
+   */
+  readonly ioQueueMap?: boolean;
+  /**
    * A queue of positional reads and writes served by up to `maxThreads` threads of its own
    * (started as requests back up, retired after 10 s idle). Each request
    * moves all of its buffer (a read stops short only at end of file); the caller keeps the buffer

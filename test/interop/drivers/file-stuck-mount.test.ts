@@ -12,7 +12,7 @@ import { vdiskProcess } from '../../unit/cli/cli-process.js';
  * export through FUSE, and nbdkit's delay filter holds every read for an hour. Only root can
  * mount FUSE here without fusermount; elsewhere the test skips.
  */
-async function stuckMount(t: TestContext): Promise<{ file: string; scratch: string } | undefined> {
+async function stuckMount(t: TestContext): Promise<{ file: string; scratch: string; dir: string; stop: () => void } | undefined> {
   if (process.getuid?.() !== 0 || !existsSync('/dev/fuse')) {
     t.skip('needs root and /dev/fuse to mount a FUSE file system');
     return undefined;
@@ -22,14 +22,17 @@ async function stuckMount(t: TestContext): Promise<{ file: string; scratch: stri
   const dir = tmp.path('mnt');
   execFileSync('mkdir', [dir]);
   const fuse = spawn('nbdfuse', [dir, '--command', 'nbdkit', '-s', '--filter=delay', 'memory', '64M', 'rdelay=3600'], { stdio: 'ignore' });
-  t.after(async () => {
-    // Stopping the server fails the reads it still holds (nothing stays blocked on the mount),
-    // and then nbdfuse ends; nbdfuse alone waits for those reads first.
+  // Stopping the server fails the reads it still holds (nothing stays blocked on the mount),
+  // and then nbdfuse ends; nbdfuse alone waits for those reads first.
+  const stop = () => {
     try {
       execFileSync('pkill', ['-TERM', '-P', String(fuse.pid)]);
     } catch {
       // nbdkit is gone already.
     }
+  };
+  t.after(async () => {
+    stop();
     fuse.kill('SIGTERM');
     await new Promise((resolve) => (fuse.exitCode !== null ? resolve(undefined) : fuse.once('exit', resolve)));
     try {
@@ -44,7 +47,7 @@ async function stuckMount(t: TestContext): Promise<{ file: string; scratch: stri
     if (fuse.exitCode !== null) throw new Error(`nbdfuse exited with status ${fuse.exitCode}`);
     await sleep(50);
   }
-  return { file: `${dir}/nbd`, scratch: tmp.path('out.raw') };
+  return { file: `${dir}/nbd`, scratch: tmp.path('out.raw'), dir: tmp.path('.'), stop };
 }
 
 test('a read that never returns fails with ETIMEDOUT under --timeout, and the process ends', async (t) => {
@@ -56,4 +59,48 @@ test('a read that never returns fails with ETIMEDOUT under --timeout, and the pr
   t.diagnostic(`exited after ${r.ms} ms`);
   assert.deepEqual([r.code, r.signal, r.stdout], [1, null, '']);
   assert.equal(r.stderr, `vdisk dd: error while reading from input image file: Could not read '${file}': no answer within 1 s (ETIMEDOUT)\n`);
+});
+
+test('a SEEK_DATA that never returns fails with ETIMEDOUT under --timeout', async (t) => {
+  const mount = await stuckMount(t);
+  if (!mount) return;
+  // lseek(SEEK_DATA) on an ext4 or XFS file waits for the file's lock, and a buffered write
+  // holds that lock while it faults in its source buffer: with the buffer mapped from the stuck
+  // mount, the write (and so every SEEK_DATA on the file) waits as long as the mount does, as
+  // on a file system whose server has gone.
+  const image = `${mount.dir}/held.raw`;
+  execFileSync('truncate', ['-s', '64M', image]);
+  const holder = spawn('python3', ['-c', [
+    'import mmap, os, sys',
+    `src = os.open(${JSON.stringify(mount.file)}, os.O_RDONLY)`,
+    'm = mmap.mmap(src, 1 << 20, prot=mmap.PROT_READ)',
+    `dst = os.open(${JSON.stringify(image)}, os.O_WRONLY)`,
+    'print("writing", flush=True)',
+    'os.pwrite(dst, memoryview(m), 0)',
+  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => holder.kill('SIGKILL'));
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout!.once('data', () => resolve());
+    holder.once('exit', (code) => reject(new Error(`the lock holder exited with status ${code}`)));
+  });
+  await sleep(300); // into the write, holding the lock, waiting for the mount
+
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/dev.ts', 'map', '--timeout', '1', '-f', 'raw', '--output=json', image], {
+    cwd: new URL('../../../', import.meta.url).pathname,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  // The message comes while the walk is still stuck: the process can end only when the
+  // kernel lets its thread go, after the mount comes back (here, when its server stops).
+  const line = await new Promise<string>((resolve) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('\n')) resolve(stderr);
+    });
+    child.once('close', () => resolve(stderr));
+  });
+  mount.stop();
+  const code = await new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', resolve)));
+  assert.equal(line, `vdisk map: Could not find the data in '${image}': no answer within 1 s (ETIMEDOUT)\n`);
+  assert.equal(code, 1);
 });

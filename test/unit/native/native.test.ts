@@ -300,8 +300,13 @@ describe('native addon', { skip: skipReason }, () => {
         assert.throws(() => one(0.5), (e: NodeJS.ErrnoException) => e instanceof RangeError);
         assert.throws(() => one(0, undefined, 2), (e: NodeJS.ErrnoException) => e instanceof RangeError && /count/.test(e.message));
         assert.throws(
-          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([4]), [new Uint8Array(1)]),
+          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([5]), [new Uint8Array(1)]),
           (e: NodeJS.ErrnoException) => e instanceof RangeError && /kind/.test(e.message),
+        );
+        // A map request's buffer holds its end and at least one run.
+        assert.throws(
+          () => q.submit(1, new Uint32Array(1), new Int32Array(1), new Float64Array(1), new Uint8Array([4]), [new Uint8Array(16)]),
+          (e: NodeJS.ErrnoException) => e instanceof RangeError && /map buffer/.test(e.message),
         );
       } finally {
         q.close();

@@ -9,6 +9,7 @@ import { cloneDataRuns } from './clone-range.js';
 import { DataMap } from './data-map.js';
 import { EvictBehind } from './evict-behind.js';
 import { preadFull, pwriteFull } from './fd-io.js';
+import { queuedMap, queuedMapData } from './io-queue.js';
 import { isUnsupportedErrno, zeroRange } from './zero-range.js';
 
 /** QEMU's cache modes: which of the host page cache and flushes are used. */
@@ -251,10 +252,11 @@ export class FileNode extends BlockNode {
   }
 
   /** A failed read or write as a BlockError; a missed deadline says which (strerror would say "Connection timed out"). */
-  private ioError(err: unknown, op: 'read' | 'write', offset: number, length: number): BlockError {
+  private ioError(err: unknown, op: 'read' | 'write' | 'block-status', offset: number, length: number): BlockError {
     const ctx = this.ctx(op, offset, length);
     if ((err as NodeJS.ErrnoException).code !== 'ETIMEDOUT' || !this.timeoutMs) return fromSystemError(err, ctx);
-    return new BlockError('ETIMEDOUT', `Could not ${op} '${this.path}': no answer within ${this.timeoutMs / 1000} s (ETIMEDOUT)`, ctx, { cause: err });
+    const what = op === 'block-status' ? 'find the data in' : op;
+    return new BlockError('ETIMEDOUT', `Could not ${what} '${this.path}': no answer within ${this.timeoutMs / 1000} s (ETIMEDOUT)`, ctx, { cause: err });
   }
 
   /** Zeroing with fallocate alone (see zeroRange); ENOTSUP lets the generic layer write zero buffers. */
@@ -308,11 +310,16 @@ export class FileNode extends BlockNode {
     let hit = this.dataMap?.lookup(offset, end);
     if (!hit) {
       try {
-        const found = native.mapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS);
+        // With a deadline (--timeout) the walk goes to the I/O threads, where a dead mount
+        // holds a thread rather than the event loop; without one it runs here, a syscall
+        // cheaper than a thread hop.
+        const found = this.timeoutMs > 0 && queuedMap
+          ? await queuedMapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS, this.timeoutMs)
+          : native.mapData(this.fh.fd, offset, this.size, DATA_MAP_RUNS);
         this.dataMap = new DataMap(offset, Math.max(found[0]!, offset), found.subarray(1), this.exclusive ? Infinity : SHARED_HOLE_TTL_MS);
       } catch (err) {
         if (isUnsupportedErrno(err)) return [this.extent(offset, maxLength, true)];
-        throw fromSystemError(err, this.ctx('block-status', offset, maxLength));
+        throw this.ioError(err, 'block-status', offset, maxLength);
       }
       hit = this.dataMap.lookup(offset, end, true);
       // No answer (the file shrank under us): data is the answer that is never wrong.

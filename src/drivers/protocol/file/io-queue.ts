@@ -25,7 +25,8 @@ function ioThreads(text: string | undefined): number {
 interface Pending {
   /** Held until completion: the threads write into (or read from) its memory. */
   buf: Uint8Array;
-  write: boolean;
+  /** The system call, for errors. */
+  syscall: Syscall;
   resolve: (bytes: number) => void;
   reject: (err: Error) => void;
   /** performance.now() past which the caller is told ETIMEDOUT; Infinity: no deadline. */
@@ -36,10 +37,11 @@ interface Pending {
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 
+type Syscall = 'pread' | 'pwrite' | 'lseek';
+
 /** The shape Node's own fs errors have (.code, .errno, .syscall), which fromSystemError reads. */
-function errnoError(errno: number, write: boolean): Error {
+function errnoError(errno: number, syscall: Syscall): Error {
   const code = ERRNO_NAMES.get(errno) ?? 'EIO';
-  const syscall = write ? 'pwrite' : 'pread';
   return Object.assign(new Error(`${code}: ${STRERROR[code] ?? 'I/O error'}, ${syscall}`), { code, errno: -errno, syscall });
 }
 
@@ -64,7 +66,7 @@ function complete(done: Uint32Array, results: Float64Array): void {
     }
     const r = results[i]!;
     if (r >= 0) p.resolve(r);
-    else p.reject(errnoError(-r, p.write));
+    else p.reject(errnoError(-r, p.syscall));
   }
 }
 
@@ -75,7 +77,7 @@ let count = 0;
 let ids = new Uint32Array(64);
 let fds = new Int32Array(64);
 let offsets = new Float64Array(64);
-/** Per request: bit 0 a write, bit 1 O_DIRECT (see native/ioqueue.cc). */
+/** Per request: bit 0 a write, bit 1 O_DIRECT; or 4, a map (see native/ioqueue-pool.h). */
 let kinds = new Uint8Array(64);
 const buffers: Uint8Array[] = [];
 
@@ -107,6 +109,7 @@ function flush(): void {
 
 const KIND_WRITE = 1;
 const KIND_DIRECT = 2;
+const KIND_MAP = 4;
 
 /*
  * Deadlines. A read or write on a dead NFS or FUSE mount never returns, and its thread cannot be
@@ -128,7 +131,7 @@ function checkDeadlines(): void {
     p.abandoned = true;
     timed--;
     queue!.abandon(id);
-    p.reject(errnoError(ETIMEDOUT, p.write));
+    p.reject(errnoError(ETIMEDOUT, p.syscall));
   }
   if (timed === 0) {
     clearInterval(watchdog);
@@ -148,7 +151,8 @@ function submit(fd: number, buf: Uint8Array, offset: number, kind: number, timeo
       timed++;
       watchdog ??= setInterval(checkDeadlines, WATCH_MS).unref();
     }
-    pending[id] = { buf, write: (kind & KIND_WRITE) !== 0, resolve, reject, deadline, abandoned: false };
+    const syscall = kind === KIND_MAP ? 'lseek' : kind & KIND_WRITE ? 'pwrite' : 'pread';
+    pending[id] = { buf, syscall, resolve, reject, deadline, abandoned: false };
     if (count === ids.length) grow();
     ids[count] = id;
     fds[count] = fd;
@@ -202,4 +206,18 @@ export function queuedRead(fd: number, buf: Uint8Array, offset: number, direct =
  */
 export async function queuedWrite(fd: number, buf: Uint8Array, offset: number, direct = false, timeoutMs = 0): Promise<void> {
   await submit(fd, buf, offset, direct ? KIND_WRITE | KIND_DIRECT : KIND_WRITE, timeoutMs);
+}
+
+/** Whether the queue can walk SEEK_DATA/SEEK_HOLE (queuedMapData); an older addon cannot. */
+export const queuedMap = native?.ioQueueMap === true;
+
+/**
+ * native.mapData's walk of [offset, end), on the queue's threads: for a caller with a deadline,
+ * which the walk on a dead NFS or FUSE mount would otherwise hold forever on the event loop.
+ */
+export async function queuedMapData(fd: number, offset: number, end: number, maxRuns: number, timeoutMs: number): Promise<Float64Array> {
+  const out = new Float64Array(1 + 2 * maxRuns);
+  out[0] = end;
+  const n = await submit(fd, new Uint8Array(out.buffer), offset, KIND_MAP, timeoutMs);
+  return out.subarray(0, n);
 }

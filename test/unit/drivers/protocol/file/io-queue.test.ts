@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { queuedRead, queuedWrite } from '../../../../../src/drivers/protocol/file/io-queue.js';
+import { queuedMap, queuedMapData, queuedRead, queuedWrite } from '../../../../../src/drivers/protocol/file/io-queue.js';
+import { native } from '../../../../../src/native/index.js';
 import { fromSystemError } from '../../../../../src/core/errors.js';
 import { pattern } from '../../../../helpers/bytes.js';
 import { needNative } from '../../../../helpers/native.js';
@@ -127,4 +128,23 @@ test('a large read that fails rejects once, with the errno of its pieces', async
     assert.equal(err.syscall, 'pread');
     return true;
   });
+});
+
+test('a map request walks SEEK_DATA/SEEK_HOLE on the queue as mapData does on the caller\'s thread', async (t) => {
+  if (!needNative(t)) return;
+  assert.ok(queuedMap, 'the addon takes map requests');
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  const file = tmp.path('sparse');
+  const fd = openSync(file, 'w+');
+  t.after(() => closeSync(fd));
+  // Data at 1 MiB, 3 MiB and 5 MiB (64 KiB each) in an 8 MiB file.
+  for (const at of [1, 3, 5]) await queuedWrite(fd, pattern(65536, at), at * 1024 * 1024);
+  await queuedWrite(fd, new Uint8Array(1), 8 * 1024 * 1024 - 1);
+  const size = 8 * 1024 * 1024;
+  for (const [offset, runs] of [[0, 4096], [0, 2], [2 * 1024 * 1024, 1], [size, 4]] as const) {
+    assert.deepEqual(await queuedMapData(fd, offset, size, runs, 0), native!.mapData(fd, offset, size, runs), `from ${offset}, ${runs} runs`);
+  }
+  // A descriptor that is not open: the error names the system call.
+  await assert.rejects(queuedMapData(1 << 30, 0, size, 4, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF' && e.syscall === 'lseek');
 });
