@@ -151,7 +151,7 @@ void Plane::Stop() {
 
 PlaneStats Plane::Stats() {
   bool can_read = busy_ < alive_ || alive_ < cfg_.max_threads;
-  return {in_flight_, !stop_reading_ && HasRoom() && can_read, Held(), peak_, mapped_reads_};
+  return {in_flight_, !stop_reading_ && HasRoom() && can_read, Held(), peak_, mapped_reads_, mapped_writes_};
 }
 
 // ---- counts -------------------------------------------------------------------------------------
@@ -331,8 +331,10 @@ bool Plane::Native(const Request& r) const {
   }
   // FUA writes are rare; JavaScript knows what each cache mode makes of them.
   // A probed raw image checks writes to sector 0, so those go there too.
-  // With a cluster map (qcow2), writes change what the map says: JavaScript does them.
-  return r.type == kCmdWrite && !cfg_.map && cfg_.writable && r.flags == 0 && r.offset >= 512;
+  // With a cluster map (qcow2), only writes into clusters it marks writable in
+  // place stay here (MapRequest); the rest may allocate: JavaScript does them.
+  if (r.type != kCmdWrite || !cfg_.writable || r.flags != 0) return false;
+  return cfg_.map || r.offset >= 512;
 }
 
 void Plane::Worker() {
@@ -414,17 +416,25 @@ bool Plane::TakeOne(WorkerState* w, size_t* used) {
     return false;
   }
   size_t host_at = 0, host_count = 0;
-  if (Native(r) && (!cfg_.map || MapRead(w, r, &host_at, &host_count))) {
+  // A mapped read looks its clusters up now; a mapped write once its payload
+  // is here, so a client slow to send it never holds the map (and with it
+  // every request that must wait for the map to be idle).
+  if (Native(r) && (!cfg_.map || r.type == kCmdWrite || MapRequest(w, r, &host_at, &host_count))) {
     size_t at = *used;
     *used += kHeadroom + r.length;
     if (w->buf.size() < *used) w->buf.resize(*used);
+    uint8_t* data = w->buf.data() + at + kHeadroom;
     if (r.type == kCmdWrite) {
-      got = ReadExact(w->buf.data() + at + kHeadroom, r.length);
+      got = ReadExact(data, r.length);
       if (got != Got::kOk) {
         if (got == Got::kEnd) StopReading();
         *used = at;
         return false;
       }
+    }
+    if (cfg_.map && r.type == kCmdWrite && !MapRequest(w, r, &host_at, &host_count)) {
+      *used = at;
+      return ForwardCopy(r, data);
     }
     w->batch.push_back({r, at, host_at, host_count});
     in_flight_++;
@@ -459,6 +469,21 @@ double Plane::Charge(const Request& r) {
   forwarded_++;
   pending_ += static_cast<size_t>(charge);
   return charge;
+}
+
+// A write whose payload is in the worker's buffer, for JavaScript after all.
+bool Plane::ForwardCopy(const Request& r, const uint8_t* data) {
+  auto* payload = static_cast<uint8_t*>(malloc(r.length));
+  if (!payload) {
+    Violation("no memory for a write payload of " + std::to_string(r.length) + " bytes");
+    return false;
+  }
+  memcpy(payload, data, r.length);
+  in_flight_++;
+  Charge(r);
+  NotePeak();
+  Forward(r, payload);
+  return true;
 }
 
 void Plane::Forward(const Request& r, uint8_t* payload) {
@@ -501,18 +526,7 @@ void Plane::ServeBatch(WorkerState* w) {
     if (r.type == kCmdRead) {
       if (!ServeRead(w, s, alone)) continue;
     } else {
-      size_t done = 0;
-      int err = 0;
-      while (done < r.length) {
-        ssize_t k = pwrite(cfg_.file, data + done, r.length - done, static_cast<off_t>(r.offset + done));
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-          err = k < 0 ? errno : EIO;
-          break;
-        }
-        done += static_cast<size_t>(k);
-      }
-      if (err != 0) {
+      if (!ServeWrite(w, s, data)) {
         Demote(r, data);
         continue;
       }
@@ -600,14 +614,41 @@ bool Plane::AddDataReply(WorkerState* w, const Request& r, uint8_t* data) {
   return true;
 }
 
-// Under the read lock: enters the cluster map and finds the read's host runs;
-// false (map left) when any cluster of it is unmapped or a barrier is up.
-bool Plane::MapRead(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count) {
+// Writes the request's data: at its offset (raw), or at the host runs the
+// cluster map gave, leaving the map after. False when a pwrite failed.
+bool Plane::ServeWrite(WorkerState* w, const Slot& s, const uint8_t* data) {
+  const Request& r = s.req;
+  if (!cfg_.map) return WriteAll(data, r.length, r.offset);
+  bool ok = true;
+  for (size_t i = 0; i < s.host_count && ok; i++) {
+    const ClusterMap::HostRun& run = w->hosts[s.host_at + i];
+    ok = WriteAll(data + (run.guest - r.offset), run.length, run.host);
+  }
+  cfg_.map->Leave();
+  if (ok) mapped_writes_++;
+  return ok;
+}
+
+bool Plane::WriteAll(const uint8_t* data, uint64_t length, uint64_t offset) {
+  uint64_t done = 0;
+  while (done < length) {
+    ssize_t k = pwrite(cfg_.file, data + done, length - done, static_cast<off_t>(offset + done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    done += static_cast<uint64_t>(k);
+  }
+  return true;
+}
+
+// Under the read lock: enters the cluster map and finds the request's host
+// runs; false (map left) when any cluster of it is unmapped (for a write: not
+// writable in place) or a barrier is up.
+bool Plane::MapRequest(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count) {
   ClusterMap& map = *cfg_.map;
   if (!map.Enter()) return false;
   size_t at = w->hosts.size();
   w->hosts.resize(at + kMaxRuns);
-  size_t n = map.Lookup(r.offset, r.length, w->hosts.data() + at, kMaxRuns);
+  size_t n = map.Lookup(r.offset, r.length, r.type == kCmdWrite, w->hosts.data() + at, kMaxRuns);
   w->hosts.resize(at + n);
   if (n == 0) {
     map.Leave();

@@ -35,7 +35,8 @@ struct PlaneConfig {
   uint32_t max_native = 0;   // longest READ/WRITE the workers serve
   int64_t linger_ms = 0;
   // For a qcow2 export: where its clusters lie in `file`. READs of mapped
-  // clusters are served from it; every WRITE is forwarded.
+  // clusters, and WRITEs (without flags) of clusters it marks writable in
+  // place, are served from it; other WRITEs are forwarded.
   std::shared_ptr<ClusterMap> map;
 };
 
@@ -54,6 +55,7 @@ struct PlaneStats {
   size_t held;
   size_t peak;
   uint64_t mapped_reads;
+  uint64_t mapped_writes;
 };
 
 class Plane {
@@ -83,8 +85,8 @@ class Plane {
   struct Slot {
     Request req;
     size_t at;  // where its headroom starts in the worker's buffer
-    // Mapped (qcow2) reads: its host runs in WorkerState::hosts; the map was
-    // entered for it and is left once its data is read.
+    // Mapped (qcow2) requests: its host runs in WorkerState::hosts; the map
+    // was entered for it and is left once its data is read or written.
     size_t host_at;
     size_t host_count;
   };
@@ -115,10 +117,13 @@ class Plane {
   bool ServeRead(WorkerState* w, const Slot& s, bool alone);
   bool ReadMapped(WorkerState* w, const Slot& s, uint8_t* data);
   bool AddDataReply(WorkerState* w, const Request& r, uint8_t* data);
-  bool MapRead(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count);
+  bool MapRequest(WorkerState* w, const Request& r, size_t* host_at, size_t* host_count);
+  bool ServeWrite(WorkerState* w, const Slot& s, const uint8_t* data);
+  bool WriteAll(const uint8_t* data, uint64_t length, uint64_t offset);
   size_t FindRuns(const Request& r, Run* runs);
   void Demote(const Request& r, const uint8_t* data);
   void Forward(const Request& r, uint8_t* payload);
+  bool ForwardCopy(const Request& r, const uint8_t* data);
   double Charge(const Request& r);
   bool Native(const Request& r) const;
   bool WaitForRoom();
@@ -161,6 +166,7 @@ class Plane {
   std::atomic<bool> broken_{false};
   std::atomic<uint64_t> writes_{0};
   std::atomic<uint64_t> mapped_reads_{0};
+  std::atomic<uint64_t> mapped_writes_{0};
 
   // Counts are atomics, so the hot path takes no lock; mu_ guards the waits
   // (for room, for the end), the outbox and the thread list.

@@ -10,10 +10,13 @@
 // trim, zeroes, flush, cache, reads and writes with flags or out of range,
 // writes into sector 0 (a probed raw image guards it), requests longer than a
 // worker's buffer, and any request whose I/O failed in a thread (JavaScript
-// runs it again and words the error as it always does).
+// runs it again and words the error as it always does). For qcow2 the threads
+// read mapped clusters and overwrite clusters the map marks writable in place
+// (nbd-cluster-map.h).
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -59,10 +62,12 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NbdClusterMap",
                        {InstanceMethod<&NbdClusterMap::Hold>("hold"),
+                        InstanceMethod<&NbdClusterMap::Lift>("lift"),
                         InstanceMethod<&NbdClusterMap::Release>("release"),
                         InstanceMethod<&NbdClusterMap::Idle>("idle"),
                         InstanceMethod<&NbdClusterMap::Generation>("generation"),
-                        InstanceMethod<&NbdClusterMap::Set>("set")});
+                        InstanceMethod<&NbdClusterMap::Set>("set"),
+                        InstanceMethod<&NbdClusterMap::MarkWritable>("markWritable")});
   }
 
   static bool Is(Napi::Value v) {
@@ -73,8 +78,8 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
   explicit NbdClusterMap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NbdClusterMap>(info) {
     int64_t cluster_size, clusters;
     if (!ArgCount(info, 2) || !ArgUint(info, 0, "clusterSize", &cluster_size) || !ArgUint(info, 1, "clusters", &clusters)) return;
-    if (cluster_size < 512 || clusters > (int64_t{1} << 24)) {
-      ThrowRange(info.Env(), "clusters", "at most 2^24, of at least 512 bytes", static_cast<double>(clusters));
+    if (cluster_size < 512 || clusters > (int64_t{1} << 20)) {
+      ThrowRange(info.Env(), "clusters", "at most 2^20, of at least 512 bytes", static_cast<double>(clusters));
       return;
     }
     map_ = std::make_shared<nbd::ClusterMap>(static_cast<uint64_t>(cluster_size), static_cast<uint64_t>(clusters));
@@ -91,8 +96,16 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
     return info.Env().Undefined();
   }
 
+  Napi::Value Lift(const Napi::CallbackInfo& info) {
+    map_->Lift();
+    return info.Env().Undefined();
+  }
+
+  // release(offset, length): the range hold() was given.
   Napi::Value Release(const Napi::CallbackInfo& info) {
-    map_->Release();
+    int64_t offset, length;
+    if (!ArgCount(info, 2) || !ArgUint(info, 0, "offset", &offset) || !ArgUint(info, 1, "length", &length)) return info.Env().Undefined();
+    map_->Release(static_cast<uint64_t>(offset), static_cast<uint64_t>(length));
     return info.Env().Undefined();
   }
 
@@ -102,16 +115,22 @@ class NbdClusterMap : public Napi::ObjectWrap<NbdClusterMap> {
     return Napi::Number::New(info.Env(), static_cast<double>(map_->Generation()));
   }
 
-  // set(generation, firstCluster, count, hostOffset): false when refused.
-  Napi::Value Set(const Napi::CallbackInfo& info) {
-    int64_t generation, first, count, host;
-    if (!ArgCount(info, 4) || !ArgUint(info, 0, "generation", &generation) || !ArgUint(info, 1, "firstCluster", &first) ||
-        !ArgUint(info, 2, "count", &count) || !ArgUint(info, 3, "hostOffset", &host)) {
+  // set(generation, firstCluster, count, hostOffset, ownHolds): false when refused.
+  Napi::Value Set(const Napi::CallbackInfo& info) { return Change(info, &nbd::ClusterMap::Set); }
+
+  // markWritable(generation, firstCluster, count, hostOffset, ownHolds): false when refused.
+  Napi::Value MarkWritable(const Napi::CallbackInfo& info) { return Change(info, &nbd::ClusterMap::MarkWritable); }
+
+  Napi::Value Change(const Napi::CallbackInfo& info, bool (nbd::ClusterMap::*change)(uint64_t, uint64_t, uint64_t, uint64_t, uint32_t)) {
+    int64_t generation, first, count, host, own;
+    if (!ArgCount(info, 5) || !ArgUint(info, 0, "generation", &generation) || !ArgUint(info, 1, "firstCluster", &first) ||
+        !ArgUint(info, 2, "count", &count) || !ArgUint(info, 3, "hostOffset", &host) || !ArgUint(info, 4, "ownHolds", &own)) {
       return info.Env().Undefined();
     }
-    if (host == 0) return Napi::Boolean::New(info.Env(), false);  // 0 means unmapped
-    bool ok = map_->Set(static_cast<uint64_t>(generation), static_cast<uint64_t>(first), static_cast<uint64_t>(count),
-                        static_cast<uint64_t>(host));
+    // 0 means unmapped, and the lowest bits are the entry's flags: a host cluster is aligned.
+    if (host == 0 || host % 512 != 0) return Napi::Boolean::New(info.Env(), false);
+    bool ok = ((*map_).*change)(static_cast<uint64_t>(generation), static_cast<uint64_t>(first), static_cast<uint64_t>(count),
+                                static_cast<uint64_t>(host), static_cast<uint32_t>(std::min<int64_t>(own, 1)));
     return Napi::Boolean::New(info.Env(), ok);
   }
 
@@ -279,9 +298,10 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
     return info.Env().Undefined();
   }
 
-  // [requests executing, reading (0/1), bytes held, most bytes held, reads served from the cluster map]
+  // [requests executing, reading (0/1), bytes held, most bytes held, reads and
+  // writes served through the cluster map]
   Napi::Value Stats(const Napi::CallbackInfo& info) {
-    auto out = Napi::Float64Array::New(info.Env(), 5);
+    auto out = Napi::Float64Array::New(info.Env(), 6);
     if (plane_) {
       nbd::PlaneStats s = plane_->Stats();
       out[0] = static_cast<double>(s.in_flight);
@@ -289,6 +309,7 @@ class NbdPlane : public Napi::ObjectWrap<NbdPlane> {
       out[2] = static_cast<double>(s.held);
       out[3] = static_cast<double>(s.peak);
       out[4] = static_cast<double>(s.mapped_reads);
+      out[5] = static_cast<double>(s.mapped_writes);
     }
     return out;
   }

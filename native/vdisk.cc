@@ -11,7 +11,7 @@ namespace {
 // changes what its arguments mean: a stale build then counts as absent instead
 // of misreading them (an IoQueue from before kinds became bits read an O_DIRECT
 // read as a write, and wrote the read buffer over the image).
-constexpr int kAbi = 4;
+constexpr int kAbi = 5;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abi", Napi::Number::New(env, kAbi));

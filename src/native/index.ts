@@ -76,7 +76,7 @@ export interface NbdPlaneHandle {
   shutdown(): void;
   /** Close at once; replies not yet sent are dropped. */
   destroy(): void;
-  /** [requests executing, reading (0/1), bytes held, most bytes held, reads served from the cluster map] */
+  /** [requests executing, reading (0/1), bytes held, most bytes held, reads and writes served through the cluster map] */
   stats(): Float64Array;
   /** Writes the plane has completed so far. */
   writes(): number;
@@ -86,14 +86,22 @@ export interface NbdPlaneHandle {
 
 /** Where an export's guest clusters lie in its image file (native/nbd-cluster-map.h). */
 export interface NbdClusterMapHandle {
-  /** Raises a barrier (no plane read uses the map) and clears [offset, offset + length). */
+  /** Raises a barrier (no plane read or write uses the map) and holds [offset, offset + length), its entries cleared. */
   hold(offset: number, length: number): void;
-  release(): void;
-  /** No plane read is using the map now. */
+  /** Takes one hold's barrier down (its request is done); the range stays held. */
+  lift(): void;
+  /** Ends a hold (the same range). */
+  release(offset: number, length: number): void;
+  /** No plane read or write is using the map now. */
   idle(): boolean;
   generation(): number;
-  /** Maps `count` clusters from `firstCluster` onto host clusters from `hostOffset`; false when a barrier came since `generation`. */
-  set(generation: number, firstCluster: number, count: number, hostOffset: number): boolean;
+  /**
+   * Maps `count` clusters from `firstCluster` onto host clusters from `hostOffset`; false when one was held since
+   * `generation` or is held now by more than the caller's `ownHolds` (0, or 1 for a fill under its own request's hold).
+   */
+  set(generation: number, firstCluster: number, count: number, hostOffset: number, ownHolds: number): boolean;
+  /** Marks those of the clusters that are mapped onto host clusters from `hostOffset` writable in place; false as set. */
+  markWritable(generation: number, firstCluster: number, count: number, hostOffset: number, ownHolds: number): boolean;
 }
 
 export interface NativeAddon {
@@ -228,7 +236,7 @@ const ADDON_PATH = '../../build/Release/vdisk_native.node';
  * The interface version this loader speaks (kAbi in native/vdisk.cc): a build whose functions
  * have the right names but older meanings must not be used.
  */
-const NATIVE_ABI = 4;
+const NATIVE_ABI = 5;
 
 const REQUIRED: readonly (keyof NativeAddon)[] = [
   'seekData',

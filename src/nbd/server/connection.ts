@@ -62,6 +62,8 @@ export interface ConnectionStats {
   native: boolean;
   /** READs the plane served from a qcow2 export's cluster map. */
   mappedReads: number;
+  /** WRITEs the plane served in place through a qcow2 export's cluster map. */
+  mappedWrites: number;
 }
 
 /**
@@ -123,8 +125,8 @@ export class NbdConnection implements HandshakeIo {
   /** For monitoring and tests: the state of this client's flow control. */
   get stats(): ConnectionStats {
     if (this.plane) {
-      const { inFlight, reading, bufferedBytes, peakBufferedBytes, mappedReads } = this.plane.stats;
-      return { exportName: this.session?.exp.name, phase: this.phase, inFlight, reading, bufferedBytes, peakBufferedBytes, native: true, mappedReads };
+      const { inFlight, reading, bufferedBytes, peakBufferedBytes, mappedReads, mappedWrites } = this.plane.stats;
+      return { exportName: this.session?.exp.name, phase: this.phase, inFlight, reading, bufferedBytes, peakBufferedBytes, native: true, mappedReads, mappedWrites };
     }
     return {
       exportName: this.session?.exp.name,
@@ -135,6 +137,7 @@ export class NbdConnection implements HandshakeIo {
       peakBufferedBytes: this.peakBufferedBytes,
       native: false,
       mappedReads: 0,
+      mappedWrites: 0,
     };
   }
 

@@ -1,6 +1,6 @@
 import type { BlockNode } from '../../core/block-node.js';
 import { native, type NbdPlaneEvent, type NbdPlaneHandle } from '../../native/index.js';
-import { NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLUSH, NBD_CMD_READ, type Request } from '../protocol.js';
+import { NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, type Request } from '../protocol.js';
 import { ClusterMap } from './cluster-map.js';
 import { executeRequest, type Session } from './commands.js';
 import type { NbdExport } from './export.js';
@@ -9,10 +9,11 @@ import { replyPool } from './reply-pool.js';
 /*
  * The transmission phase on the native data plane (native/nbd-plane.cc): for a raw image over a
  * plain file, threads read requests off the socket and serve READ and WRITE with pread/pwrite
- * themselves, as nbdkit does; for a qcow2 image, READs of clusters its cluster map knows (see
- * cluster-map.ts). Everything else comes here in batches and runs through executeRequest as on
- * the JavaScript path. The JavaScript server spent ~14 µs of CPU per cached
- * 4 KiB read (an I/O-queue hand-off each way, an event-loop turn, a writev); nbdkit ~5.
+ * themselves, as nbdkit does; for a qcow2 image, READs of clusters its cluster map knows and
+ * WRITEs of clusters it marks writable in place (see cluster-map.ts). Everything else comes here
+ * in batches and runs through executeRequest as on the JavaScript path. The JavaScript server
+ * spent ~14 µs of CPU per cached 4 KiB read (an I/O-queue hand-off each way, an event-loop
+ * turn, a writev); nbdkit ~5.
  */
 
 /**
@@ -68,7 +69,7 @@ export function planeTarget(exp: NbdExport): PlaneTarget | undefined {
   if (target === undefined) {
     const raw = planeFile(exp.node);
     const file = raw ?? plainFile(exp.node.file);
-    const map = raw || !file ? undefined : ClusterMap.forNode(exp.node, file);
+    const map = raw || !file ? undefined : ClusterMap.forNode(exp.node, file, !exp.readOnly);
     target = raw ? { file: raw } : file && map ? { file, map } : null;
     targets.set(exp, target);
   }
@@ -85,6 +86,8 @@ export interface PlaneStats {
   peakBufferedBytes: number;
   /** READs served from a qcow2 export's cluster map. */
   mappedReads: number;
+  /** WRITEs served in place through a qcow2 export's cluster map. */
+  mappedWrites: number;
 }
 
 type ForwardedRequest = Exclude<NbdPlaneEvent, { event: string }>;
@@ -128,7 +131,7 @@ export class PlaneTransmission {
   get stats(): PlaneStats {
     if (this.final) return this.final;
     const s = this.plane.stats();
-    return { inFlight: s[0]!, reading: s[1] === 1, bufferedBytes: s[2]!, peakBufferedBytes: s[3]!, mappedReads: s[4]! };
+    return { inFlight: s[0]!, reading: s[1] === 1, bufferedBytes: s[2]!, peakBufferedBytes: s[3]!, mappedReads: s[4]!, mappedWrites: s[5] ?? 0 };
   }
 
   /** Graceful: no new requests, the ones in hand are answered, then the socket closes. */
@@ -166,9 +169,13 @@ export class PlaneTransmission {
     const map = this.map;
     try {
       const run = () => executeRequest(this.session, req as Request, req.payload);
-      reply = await (map && !KEEPS_MAPPING.has(req.type) ? map.around(req.offset, req.length, run) : run());
-      // A read the map could not serve: map what it read, so the next one can.
-      if (map && req.type === NBD_CMD_READ) void map.fill(req.offset, req.length);
+      // A write the map could not serve maps its clusters again before its reply, so the next
+      // one can be served on the plane; a read maps them after.
+      reply = await (map && !KEEPS_MAPPING.has(req.type) ? map.around(req.offset, req.length, run, req.type === NBD_CMD_WRITE) : run());
+      if (map) {
+        map.afterRequest();
+        if (req.type === NBD_CMD_READ) void map.fill(req.offset, req.length);
+      }
     } catch (err) {
       this.log(`dropping client after an internal error: ${(err as Error)?.stack ?? String(err)}`);
       this.plane.destroy();

@@ -40,6 +40,8 @@ export class NbdServer extends EventEmitter implements ConnectionHost {
   private closing: Promise<void> | undefined;
   /** The most bytes any closed connection held at once (see stats()). */
   private peakBufferedBytes = 0;
+  /** Requests closed connections' data planes served through cluster maps (see stats()). */
+  private readonly mapped = { reads: 0, writes: 0 };
 
   constructor(opts: NbdServerOptions) {
     super();
@@ -152,6 +154,9 @@ export class NbdServer extends EventEmitter implements ConnectionHost {
     void conn.closed.then(() => {
       this.active.delete(conn);
       this.peakBufferedBytes = Math.max(this.peakBufferedBytes, conn.peakBufferedBytes);
+      const { mappedReads, mappedWrites } = conn.stats;
+      this.mapped.reads += mappedReads;
+      this.mapped.writes += mappedWrites;
       this.emit('disconnect');
       const next = this.waiting.shift();
       if (next && !this.closing) this.serve(next);
@@ -164,11 +169,16 @@ export class NbdServer extends EventEmitter implements ConnectionHost {
     if (i >= 0) this.waiting.splice(i, 1);
   }
 
-  /** Connections served and waiting, and the most bytes any one connection held at once. */
-  stats(): { waiting: number; connections: ConnectionStats[]; peakBufferedBytes: number } {
+  /**
+   * Connections served and waiting, the most bytes any one connection held at once, and the
+   * reads and writes every connection so far served through a qcow2 cluster map.
+   */
+  stats(): { waiting: number; connections: ConnectionStats[]; peakBufferedBytes: number; mappedReads: number; mappedWrites: number } {
     const connections = [...this.active].map((c) => c.stats);
     const peak = Math.max(this.peakBufferedBytes, ...connections.map((c) => c.peakBufferedBytes));
-    return { waiting: this.waiting.length, connections, peakBufferedBytes: peak };
+    const sum = (k: 'mappedReads' | 'mappedWrites') => connections.reduce((n, c) => n + c[k], 0);
+    return { waiting: this.waiting.length, connections, peakBufferedBytes: peak,
+      mappedReads: this.mapped.reads + sum('mappedReads'), mappedWrites: this.mapped.writes + sum('mappedWrites') };
   }
 }
 

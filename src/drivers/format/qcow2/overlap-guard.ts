@@ -45,6 +45,20 @@ export class OverlapGuard {
     if (p.hasDataFile || length === 0) return undefined;
     const refcounts = p.currentRefcounts();
     if (!refcounts) return p.refcounts().then(() => this.check(host, length));
+    const hit = this.overlap(refcounts, host, length);
+    if (hit === undefined) return undefined;
+    return p.signal.signal(`Preventing invalid write on metadata at host offset 0x${hit.toString(16)}`).then((err) => {
+      throw err;
+    });
+  }
+
+  /**
+   * The host offset of the first metadata cluster [host, host + length) touches, or undefined;
+   * only looks (the NBD data plane asks before it writes clusters in place; see in-place.ts).
+   */
+  overlap(refcounts: Refcounts, host: number, length: number): number | undefined {
+    const p = this.parts;
+    if (p.hasDataFile || length === 0) return undefined;
     const cs = p.clusterSize;
     if (!this.metadata || this.metadata.tables !== p.tables.version || this.metadata.refcounts !== refcounts.version) {
       const inactiveL1s = p.snapshots.filter((s) => s.l1Size > 0).map((s): [number, number] => [s.l1TableOffset, s.l1TableOffset + s.l1Size * 8]);
@@ -56,11 +70,7 @@ export class OverlapGuard {
     for (let c = first; c <= last && hit === undefined; c++) if (this.metadata.clusters.has(c)) hit = c * cs;
     // Whole clusters, as for the rest: QEMU aligns the range of a metadata check to clusters.
     const range = this.metadata.inactiveL1s.find(([start, end]) => start < (last + 1) * cs && end > first * cs);
-    hit ??= range && Math.max(first * cs, range[0] - (range[0] % cs));
-    if (hit === undefined) return undefined;
-    return p.signal.signal(`Preventing invalid write on metadata at host offset 0x${hit.toString(16)}`).then((err) => {
-      throw err;
-    });
+    return hit ?? (range && Math.max(first * cs, range[0] - (range[0] % cs)));
   }
 
   private metadataClusters(refcounts: Refcounts): Set<number> {

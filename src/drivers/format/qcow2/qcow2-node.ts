@@ -219,6 +219,9 @@ export class Qcow2Node extends BlockNode {
     return (this.header.incompatibleFeatures & INCOMPAT.DIRTY) !== 0n;
   }
 
+  /** Writes are refused until a repair (see refuseIfCorrupt; in-place.ts asks). */
+  get corrupt(): boolean { return this.signal.corrupt; }
+
   // ---- reads ------------------------------------------------------------------------------
 
   protected async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {

@@ -18,9 +18,10 @@ import { encodeTestRequest as encodeRequest, RawClient, ServerFixture } from '..
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 
 /*
- * The native data plane (native/nbd-plane-core.cc) serves raw files: the bytes it reads and
- * writes, the replies it shapes (simple, structured, sparse), what it forwards to JavaScript,
- * and the same hostile clients and orderly ends the JavaScript path is tested with.
+ * The native data plane (native/nbd-plane-core.cc) serves raw files, and qcow2 clusters its
+ * cluster map knows: the bytes it reads and writes, the replies it shapes (simple, structured,
+ * sparse), what it forwards to JavaScript, the barrier that keeps it out of clusters JavaScript
+ * frees and reuses, and the same hostile clients and orderly ends the JavaScript path is tested with.
  */
 
 const KiB = 1024;
@@ -141,7 +142,8 @@ describe('the bytes', { skip }, () => {
           const kind = rand(8);
           if (kind < 5) {
             const data = pattern(length, rand(250) + 1);
-            // FUA writes and writes into sector 0 are forwarded; the rest the plane does itself.
+            // FUA writes and writes into sector 0 are forwarded; the rest the plane does itself
+            // (on qcow2, those into clusters its map marks writable in place).
             c.request({ type: NBD_CMD_WRITE, cookie: ++cookie, offset: BigInt(offset), flags: kind === 4 ? NBD_CMD_FLAG_FUA : 0 }, data);
             model.set(data, offset);
           } else {
@@ -174,8 +176,9 @@ describe('the bytes', { skip }, () => {
       }
       c.request({ type: NBD_CMD_FLUSH, cookie: 99n });
       assert.equal((await c.reply()).cookie, 99n);
-      const mapped = fx.server.stats().connections[0]!.mappedReads;
-      if (format === 'qcow2') assert.ok(mapped > 50, `${mapped} reads served from the cluster map`);
+      const { mappedReads, mappedWrites } = fx.server.stats();
+      if (format === 'qcow2') assert.ok(mappedReads > 50, `${mappedReads} reads served from the cluster map`);
+      if (format === 'qcow2') assert.ok(mappedWrites >= 5, `${mappedWrites} writes served in place through the cluster map`);
       if (format === 'raw') {
         assert.ok((await readFile(path)).equals(model), 'the file holds what the model does');
         return;
@@ -238,6 +241,68 @@ describe('the bytes', { skip }, () => {
       assert.ok((await read(21, 11n)).equals(C));
       await sleep(10);
     }
+  });
+
+  it('qcow2: a cluster written in place, then trimmed and its place reused: writes to it never land in its old place', async () => {
+    const { path, node } = await qcow2File({ discard: 'unmap' });
+    await fx.start([{ node, opts: { discard: 'unmap' } }]);
+    const c = await fx.client();
+    await c.negotiate('', { structured: false });
+    const cluster = (i: number) => i * 64 * KiB;
+    let cookie = 0n;
+    const write = async (offset: number, data: Uint8Array) => {
+      c.request({ type: NBD_CMD_WRITE, cookie: ++cookie, offset: BigInt(offset) }, data);
+      const r = await c.reply();
+      assert.ok(r.simple && r.error === 0 && r.cookie === cookie);
+    };
+    const read = async (i: number) => {
+      c.request({ type: NBD_CMD_READ, cookie: ++cookie, offset: BigInt(cluster(i)), length: 64 * KiB });
+      const r = await c.reply();
+      assert.ok(r.simple && r.error === 0 && r.cookie === cookie);
+      return c.read(64 * KiB);
+    };
+    const mappedWrites = () => fx.server.stats().mappedWrites;
+    /** Writes until the plane writes the cluster in place (the map fills after a forwarded write). */
+    const writeInPlace = async (i: number, data: Uint8Array) => {
+      for (;;) {
+        const before = mappedWrites();
+        await write(cluster(i), data);
+        if (mappedWrites() > before) return;
+        await sleep(5);
+      }
+    };
+    const hostOf = async (i: number) => (await node.blockStatusList(cluster(i), 64 * KiB))[0]!.hostOffset;
+    const A = pattern(64 * KiB, 1);
+    const B = pattern(64 * KiB, 2);
+    const D = pattern(64 * KiB, 4);
+    await writeInPlace(10, A);
+    const old = await hostOf(10);
+    assert.ok(old !== undefined);
+    // In-place writes in flight while the trim frees the cluster: the trim waits for them.
+    for (let k = 0; k < 16; k++) c.request({ type: NBD_CMD_WRITE, cookie: 1000n + BigInt(k), offset: BigInt(cluster(10) + k * 4 * KiB) }, pattern(4 * KiB, 3));
+    c.request({ type: NBD_CMD_TRIM, cookie: 2000n, offset: BigInt(cluster(10)), length: 64 * KiB });
+    for (let k = 0; k <= 16; k++) {
+      const r = await c.reply();
+      assert.ok(r.simple && r.error === 0);
+    }
+    c.request({ type: NBD_CMD_FLUSH, cookie: 3000n });
+    assert.equal((await c.reply()).cookie, 3000n);
+    // The freed place goes to another guest cluster.
+    await write(cluster(20), B);
+    assert.equal(await hostOf(20), old, 'cluster 20 took the place cluster 10 had');
+    // Cluster 10 again, many times (the map fills in between): never into its old place.
+    for (let round = 0; round < 4; round++) {
+      for (let k = 0; k < 16; k++) await write(cluster(10) + k * 4 * KiB, D.subarray(k * 4 * KiB, (k + 1) * 4 * KiB));
+      await sleep(10);
+    }
+    await writeInPlace(10, D);
+    assert.notEqual(await hostOf(10), old);
+    assert.ok((await read(20)).equals(B), 'cluster 20 keeps its data');
+    assert.ok((await read(10)).equals(D));
+    await fx.server.close();
+    await node.close();
+    const check = await vdisk(['check', path]);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
   });
 
   it('a read of a hole after a read of data: a hole chunk, never the last read\'s bytes', async () => {
