@@ -3,6 +3,7 @@ import { copyFile, readFile } from 'node:fs/promises';
 import { after, before, it } from 'node:test';
 import { native } from '../../../../src/native/index.js';
 import { open } from '../../../../src/registry/index.js';
+import { fioVerify } from '../../../helpers/fio.js';
 import { startServer, type TestServer } from '../../../helpers/nbd-server.js';
 import { needTools, run, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
@@ -65,43 +66,13 @@ function script(size: number): string[] {
   return out;
 }
 
-it('qemu-io over the plane: the same image as qemu-io on a copy, and clean', { skip }, async (t) => {
-  if (!needTools(t, 'qemu-io', 'qemu-img')) return;
-  const size = 8 * MiB;
-  const served = await allocatedImage(size, 0x5a);
-  const direct = tmp.path(`direct${serial}.qcow2`);
+/**
+ * Runs the qemu-io commands over the plane on `served` and on a copy directly; the two images
+ * must come out identical, `served` clean. Returns the writes the plane served in place.
+ */
+async function sameAsDirect(served: string, commands: string[]): Promise<number> {
+  const direct = tmp.path(`direct${++serial}.qcow2`);
   await copyFile(served, direct);
-  const args = script(size).flatMap((c) => ['-c', c]);
-  const { s, uri } = await serve(served);
-  let mappedWrites;
-  try {
-    const overNbd = await run('qemu-io', ['-f', 'raw', ...WRITEBACK, ...args, uri]);
-    assert.equal(overNbd.code, 0, overNbd.stderr);
-    mappedWrites = s.server.stats().mappedWrites;
-  } finally {
-    await s.close();
-  }
-  assert.ok(mappedWrites > 200, `${mappedWrites} writes served in place`);
-  const onFile = await run('qemu-io', ['-f', 'qcow2', '-d', 'unmap', ...args, direct]);
-  assert.equal(onFile.code, 0, onFile.stderr);
-  const check = await run('qemu-img', ['check', '-f', 'qcow2', served]);
-  assert.equal(check.code, 0, check.stdout + check.stderr);
-  assert.match(await runOk('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', served, direct]), /Images are identical/);
-});
-
-it('clusters shared with a snapshot (qemu-img snapshot -c) are copied on write, never written in place', { skip }, async (t) => {
-  if (!needTools(t, 'qemu-io', 'qemu-img')) return;
-  const size = 4 * MiB;
-  const served = await allocatedImage(size, 0x11);
-  await runOk('qemu-img', ['snapshot', '-c', 'before', served]);
-  const direct = tmp.path(`direct${serial}.qcow2`);
-  await copyFile(served, direct);
-  // Two passes over the first 2 MiB: the first copies each cluster on write, the second
-  // overwrites the new clusters (in place, on the plane).
-  const commands: string[] = [];
-  for (let pass = 0; pass < 2; pass++) {
-    for (let offset = 0; offset < 2 * MiB; offset += 4096) commands.push(`write -P ${0x22 + pass} ${offset} 4k`);
-  }
   const args = commands.flatMap((c) => ['-c', c]);
   const { s, uri } = await serve(served);
   let mappedWrites;
@@ -112,11 +83,33 @@ it('clusters shared with a snapshot (qemu-img snapshot -c) are copied on write, 
   } finally {
     await s.close();
   }
-  assert.ok(mappedWrites > 0, 'the second pass wrote in place');
-  await runOk('qemu-io', ['-f', 'qcow2', ...args, direct]);
+  const onFile = await run('qemu-io', ['-f', 'qcow2', '-d', 'unmap', ...args, direct]);
+  assert.equal(onFile.code, 0, onFile.stderr);
   const check = await run('qemu-img', ['check', '-f', 'qcow2', served]);
   assert.equal(check.code, 0, check.stdout + check.stderr);
   assert.match(await runOk('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', served, direct]), /Images are identical/);
+  return mappedWrites;
+}
+
+it('qemu-io over the plane: the same image as qemu-io on a copy, and clean', { skip }, async (t) => {
+  if (!needTools(t, 'qemu-io', 'qemu-img')) return;
+  const size = 8 * MiB;
+  const mappedWrites = await sameAsDirect(await allocatedImage(size, 0x5a), script(size));
+  assert.ok(mappedWrites > 200, `${mappedWrites} writes served in place`);
+});
+
+it('clusters shared with a snapshot (qemu-img snapshot -c) are copied on write, never written in place', { skip }, async (t) => {
+  if (!needTools(t, 'qemu-io', 'qemu-img')) return;
+  const size = 4 * MiB;
+  const served = await allocatedImage(size, 0x11);
+  await runOk('qemu-img', ['snapshot', '-c', 'before', served]);
+  // Two passes over the first 2 MiB: the first copies each cluster on write, the second
+  // overwrites the new clusters (in place, on the plane).
+  const commands: string[] = [];
+  for (let pass = 0; pass < 2; pass++) {
+    for (let offset = 0; offset < 2 * MiB; offset += 4096) commands.push(`write -P ${0x22 + pass} ${offset} 4k`);
+  }
+  assert.ok((await sameAsDirect(served, commands)) > 0, 'the second pass wrote in place');
   // The snapshot still reads as it was taken.
   const snap = tmp.path(`snap${serial}.raw`);
   await runOk('qemu-img', ['convert', '-l', 'snapshot.name=before', '-O', 'raw', served, snap]);
@@ -125,34 +118,16 @@ it('clusters shared with a snapshot (qemu-img snapshot -c) are copied on write, 
   assert.ok(bytes.every((b) => b === 0x11), 'the snapshot keeps its data');
 });
 
-interface FioJob {
-  error: number;
-  read: { io_bytes: number };
-  write: { io_bytes: number };
-}
-
 it('fio randwrite with verify=crc32c from two connections into allocated clusters: no verify errors, a clean image', { skip }, async (t) => {
   if (!needTools(t, 'fio', 'qemu-io', 'qemu-img')) return;
   const image = await allocatedImage(32 * MiB, 0x33);
   const { s, uri } = await serve(image);
-  let result;
   let mappedWrites;
   try {
-    result = await run('fio', [
-      '--name=verify', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--size=16m',
-      '--numjobs=2', '--offset_increment=16m', '--iodepth=32', '--verify=crc32c', '--do_verify=1',
-      '--output-format=json', '--verify_state_save=0',
-    ], { cwd: tmp.dir });
+    await fioVerify(uri, tmp.dir, 'randwrite', 32);
     mappedWrites = s.server.stats().mappedWrites;
   } finally {
     await s.close();
-  }
-  assert.equal(result.code, 0, result.stdout + result.stderr);
-  const jobs = (JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as { jobs: FioJob[] }).jobs;
-  assert.equal(jobs.length, 2);
-  for (const job of jobs) {
-    assert.equal(job.error, 0);
-    assert.ok(job.write.io_bytes > 0 && job.read.io_bytes >= job.write.io_bytes, 'written blocks were read back to verify');
   }
   assert.ok(mappedWrites > 1000, `${mappedWrites} writes served in place`);
   const check = await run('qemu-img', ['check', '-f', 'qcow2', image]);
