@@ -16,13 +16,14 @@ export { DEFAULT_MAX_CHAIN_DEPTH } from './open-gate.js';
 /** Drivers few commands use: their modules load when first opened. */
 const memoryDriver = lazyDriver({ name: 'memory', kind: 'protocol' }, async () => (await import('../drivers/protocol/memory/index.js')).memoryDriver);
 const nullDriver = lazyDriver({ name: 'null', aliases: ['null-co'], kind: 'protocol' }, async () => (await import('../drivers/protocol/null/index.js')).nullDriver);
+const curlDrivers = (['http', 'https'] as const).map((s) => lazyDriver({ name: s, kind: 'protocol', protocols: [s] }, async () => (await import('../drivers/protocol/http/index.js'))[`${s}Driver`]));
 const preallocateDriver = lazyDriver({ name: 'preallocate', kind: 'filter' }, async () => (await import('../drivers/filter/preallocate/index.js')).preallocateDriver);
 const copyOnReadDriver = lazyDriver({ name: 'copy-on-read', kind: 'filter', inserts: true },
   async () => (await import('../drivers/filter/copy-on-read/index.js')).copyOnReadDriver);
 
 /** The registry with every built-in driver. */
 // Registration replaces by name, so a real driver listed after the known-format stubs wins.
-export const registry = new Registry([fileDriver, memoryDriver, nullDriver, nbdDriver, rawDriver, ...knownFormats, qcow2Driver, preallocateDriver, copyOnReadDriver]);
+export const registry = new Registry([fileDriver, memoryDriver, nullDriver, nbdDriver, ...curlDrivers, rawDriver, ...knownFormats, qcow2Driver, preallocateDriver, copyOnReadDriver]);
 
 /** Opens an image (filename, `json:{…}` or node spec) with the built-in drivers. */
 export function open(spec: string | NodeSpec, options?: OpenOptions): Promise<BlockNode> {
