@@ -106,7 +106,7 @@ export class Registry {
       if (typeof parsed !== 'string') return this.openSpec(parsed, options, depth);
       // `-f file` names the protocol itself: the image is the file's bytes, no format above.
       if (format && this.get(format).kind === 'protocol') return this.openSpec({ driver: format, filename: parsed }, options, depth);
-      if (format) return this.openSpec({ driver: format, file: parsed }, options, depth);
+      if (format) return this.openSpec({ driver: format, file: this.protocolSpec(parsed) }, options, depth);
       return this.openProbed(parsed, options, depth);
     }
     if (format && this.get(spec.driver).kind === 'protocol') {

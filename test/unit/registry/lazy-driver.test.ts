@@ -56,4 +56,5 @@ test('the built-in registry loads the filters and the memory and null protocols 
     assert.ok(after.includes(dir), `${dir} loads when opened`);
   }
   assert.ok(!(before + after).includes('drivers/filter/preallocate/'), 'an unused filter never loads');
+  assert.ok(!(before + after).includes('drivers/protocol/http/'), 'nor the http driver (node:http, node:https) unless opened');
 });

@@ -43,7 +43,7 @@ export class HttpNode extends BlockNode {
     const transport = new Transport(opts.url, { sslverify: opts.sslverify, cookie: opts.cookie, auth: opts.auth, timeoutMs: opts.timeout * 1000 });
     const ctx = { op: 'open', path: opts.text };
     try {
-      const { length } = await transport.request({ method: 'HEAD', ctx, consume: async (res) => readHead(res, ctx) });
+      const { length } = await transport.request({ method: 'HEAD', ctx, consume: (res) => readHead(res, ctx) });
       return new HttpNode(opts, transport, length);
     } catch (err) {
       transport.close();

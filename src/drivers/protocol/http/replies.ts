@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import { finished } from 'node:stream/promises';
 import { BlockError, type BlockErrorContext } from '../../../core/errors.js';
 
 /*
@@ -35,13 +36,17 @@ export interface Resource {
  * The HEAD reply of an open (QEMU's curl_open): the size from Content-Length, and byte ranges
  * announced by Accept-Ranges, or the image cannot be read piecewise and is refused.
  */
-export function readHead(res: http.IncomingMessage, ctx: BlockErrorContext): Resource {
+export async function readHead(res: http.IncomingMessage, ctx: BlockErrorContext): Promise<Resource> {
+  // Read to its end, so the connection is free for the next request when the open goes on.
   res.resume();
+  await finished(res);
   const status = res.statusCode ?? 0;
   if (status >= 400) throw statusError(res, ctx);
   if (status !== 200) throw fail(ctx, `unexpected HTTP status ${status}${res.statusMessage ? ` ${res.statusMessage}` : ''}`);
-  const length = decimal(res.headers['content-length']);
-  if (length === undefined) throw fail(ctx, "Server didn't report file size.");
+  const header = res.headers['content-length'];
+  if (header === undefined) throw fail(ctx, "Server didn't report file size.");
+  const length = decimal(header);
+  if (length === undefined) throw fail(ctx, `the server reports a file size of ${header} bytes, which vdisk cannot address`);
   const encoding = res.headers['content-encoding'];
   if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
     throw fail(ctx, `the server sends the file with Content-Encoding '${encoding}', not as stored`);

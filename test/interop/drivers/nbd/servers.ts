@@ -30,7 +30,7 @@ async function waitForSocket(target: net.NetConnectOpts, child: ChildProcess, st
   throw new Error(`server did not start listening: ${stderr()}`);
 }
 
-async function start(cmd: string, args: string[], socket: string, uri: string, tcpPort?: number): Promise<Server> {
+export async function start(cmd: string, args: string[], socket: string, uri: string, tcpPort?: number): Promise<Server> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
