@@ -101,33 +101,41 @@ class ClusterMap {
   uint64_t Generation() const { return generation_; }
 
   // Maps `count` clusters from `first` to consecutive host clusters from
-  // `host`, unless a request held one of them since `generation` was read or
-  // holds it now (the mapping seen may be gone or half made); `own` holds
-  // are the caller's, whose request is done. An entry already at that place
-  // stays writable. False when refused.
+  // `host`, but for those a request held since `generation` was read or
+  // holds now (the mapping seen may be gone or half made); `own` holds are
+  // the caller's, whose request is done. An entry already at that place
+  // stays writable. False when any was refused.
   bool Set(uint64_t generation, uint64_t first, uint64_t count, uint64_t host, uint32_t own) {
-    if (!Fresh(generation, first, count, own)) return false;
+    if (first >= clusters_ || count > clusters_ - first) return false;
+    bool all = true;
     for (uint64_t i = 0; i < count; i++) {
+      if (!Fresh(generation, first + i, own)) {
+        all = false;
+        continue;
+      }
       uint64_t place = host + i * cluster_size_;
       if ((entries_[first + i].load(std::memory_order_relaxed) & ~kWritable) != place) {
         entries_[first + i].store(place, std::memory_order_relaxed);
       }
     }
-    return true;
+    return all;
   }
 
   // Marks `count` clusters from `first`, mapped to consecutive host clusters
-  // from `host`, writable in place; refused as Set is. A cluster mapped
-  // elsewhere (or not at all) is left as it is.
+  // from `host`, writable in place; refused cluster by cluster as Set is. A
+  // cluster mapped elsewhere (or not at all) is left as it is.
   bool MarkWritable(uint64_t generation, uint64_t first, uint64_t count, uint64_t host, uint32_t own) {
-    if (!Fresh(generation, first, count, own)) return false;
+    if (first >= clusters_ || count > clusters_ - first) return false;
+    bool all = true;
     for (uint64_t i = 0; i < count; i++) {
       uint64_t place = host + i * cluster_size_;
-      if (entries_[first + i].load(std::memory_order_relaxed) == place) {
+      if (!Fresh(generation, first + i, own)) {
+        all = false;
+      } else if (entries_[first + i].load(std::memory_order_relaxed) == place) {
         entries_[first + i].store(place | kWritable, std::memory_order_relaxed);
       }
     }
-    return true;
+    return all;
   }
 
   uint64_t cluster_size() const { return cluster_size_; }
@@ -137,14 +145,11 @@ class ClusterMap {
   // consistent image: other requests allocate free clusters and free their
   // own), so a fill is refused per cluster, not because a request elsewhere
   // came: under a stream of forwarded writes a global test would refuse
-  // every fill. Stamps keep 32 bits of the generation (compared modulo 2^32:
+  // every fill, and the first fill of a whole image would lose everything
+  // to the first request. Stamps keep 32 bits of the generation (compared modulo 2^32:
   // right while fewer than 2^31 holds begin or end during one fill).
-  bool Fresh(uint64_t generation, uint64_t first, uint64_t count, uint32_t own) const {
-    if (first >= clusters_ || count > clusters_ - first) return false;
-    for (uint64_t c = first; c < first + count; c++) {
-      if (holds_[c] > own || static_cast<int32_t>(stamps_[c] - static_cast<uint32_t>(generation)) > 0) return false;
-    }
-    return true;
+  bool Fresh(uint64_t generation, uint64_t c, uint32_t own) const {
+    return holds_[c] <= own && static_cast<int32_t>(stamps_[c] - static_cast<uint32_t>(generation)) <= 0;
   }
 
   // A hold begins (+1) or ends (-1) on the clusters of the range.
