@@ -178,6 +178,10 @@ export class Transport {
       return new BlockError('EIO', `Could not ${ctx.op} '${ctx.path}': SSL certificate problem: ${e.message} `
         + '(trust its CA with NODE_EXTRA_CA_CERTS=FILE, or open with sslverify=off)', ctx, { cause: err });
     }
+    // curl's words, which QEMU passes on, rather than getaddrinfo's.
+    if (e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') {
+      return new BlockError('ENOENT', `Could not ${ctx.op} '${ctx.path}': Could not resolve host: ${(e as { hostname?: string }).hostname ?? '?'}`, ctx, { cause: err });
+    }
     // Node's "socket hang up" and "aborted" are connection losses: say so in errno words.
     if (e.code === 'ECONNRESET') return new BlockError('EIO', `Could not ${ctx.op} '${ctx.path}': Connection reset by peer`, ctx, { cause: err });
     return fromSystemError(err, ctx);

@@ -237,6 +237,12 @@ describe('http driver against misbehaving servers', () => {
     }
   });
 
+  it('a host that does not resolve: curl\'s words', async () => {
+    // .invalid never resolves (RFC 6761), whether or not a resolver answers.
+    await assert.rejects(openUrl('http://vdisk-test.invalid/x', {}, 5),
+      (e: Error & { code?: string }) => e.code === 'ENOENT' && e.message === "Could not open 'http://vdisk-test.invalid/x': Could not resolve host: vdisk-test.invalid");
+  });
+
   it('sends credentials and the cookie to the server named, not to one it redirects to', async () => {
     const other = await serve();
     const srv = await serve((req, res) => {
