@@ -3,6 +3,7 @@ import type { BlockError } from '../../../core/errors.js';
 import { AllocSpace, type ZeroParts } from './alloc-space.js';
 import { OFLAG_COPIED } from './constants.js';
 import type { Qcow2Geometry } from './geometry.js';
+import { HostAlloc, type HostAllocation } from './host-alloc.js';
 import type { L2Editor } from './l2-editor.js';
 import { decode, Sub, type Decoded, type EntryView } from './l2-entry.js';
 import type { Qcow2Mapping } from './mapping.js';
@@ -19,6 +20,8 @@ import { ZeroingClusters, type Zeroing } from './zeroing-clusters.js';
 export class DataWriter {
   private readonly allocSpace: AllocSpace;
   private readonly zeroing: ZeroingClusters;
+  /** New clusters written from outside the driver (an in-kernel copy), between allocation and link. */
+  private readonly hostAlloc: HostAlloc;
 
   constructor(private readonly parts: {
     g: Qcow2Geometry;
@@ -42,6 +45,14 @@ export class DataWriter {
   }) {
     this.allocSpace = new AllocSpace({ dataFile: parts.dataFile, backing: parts.backing, enabled: parts.allocSpace });
     this.zeroing = new ZeroingClusters({ ...parts, zero: (host) => this.allocSpace.zero(host, parts.g.clusterSize) });
+    this.hostAlloc = new HostAlloc({
+      ...parts, zeroing: (index) => this.zeroing.get(index) !== undefined, checkHostInFile: (host, length) => this.checkHostInFile(host, length),
+    });
+  }
+
+  /** Whole clusters of [offset, offset + length) made ready for data written from outside (see HostAllocation); undefined where they cannot be. */
+  allocateHost(offset: number, length: number): Promise<HostAllocation | undefined> {
+    return this.hostAlloc.allocate(offset, length);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -75,6 +86,15 @@ export class DataWriter {
       await lock.run(async () => {
         for (let done = start; done < data.byteLength;) {
           const pos = offset + done;
+          // A new cluster data is being written to from outside: this write goes in after its link.
+          const pending = this.hostAlloc.pending(Math.floor(pos / cs));
+          if (pending) {
+            const n = Math.min(data.byteLength - done, cs - (pos % cs));
+            const part = data.subarray(done, done + n);
+            deferred.push(pending.then(() => this.write(pos, part)));
+            done += n;
+            continue;
+          }
           const zeroing = this.zeroing.get(Math.floor(pos / cs));
           if (zeroing) {
             const n = Math.min(data.byteLength - done, cs - (pos % cs));
@@ -89,8 +109,8 @@ export class DataWriter {
             continue;
           }
           let whole = Math.floor(Math.min(run.length, data.byteLength - done) / cs);
-          // Stop short of a cluster being zeroed: it has its host cluster already.
-          for (let k = 1; k < whole; k++) if (this.zeroing.get(Math.floor(pos / cs) + k)) whole = k;
+          // Stop short of a cluster being zeroed or written from outside: it has its host cluster already.
+          for (let k = 1; k < whole; k++) if (this.zeroing.get(Math.floor(pos / cs) + k) || this.hostAlloc.pending(Math.floor(pos / cs) + k)) whole = k;
           if (pos % cs === 0 && whole >= 2 && (run.sub === Sub.UnallocatedPlain || run.sub === Sub.ZeroPlain)) {
             done += await this.writeNewClusters(pos, data.subarray(done, done + whole * cs));
             continue;

@@ -12,6 +12,7 @@ import type { CompressionType } from './compression.js';
 import { COMPAT, INCOMPAT } from './constants.js';
 import { DataWriter } from './data-writer.js';
 import { geometryOf, type Qcow2Geometry } from './geometry.js';
+import type { HostAllocation } from './host-alloc.js';
 import type { Qcow2Header } from './header.js';
 import { clearStaleAutoclear, writeFeatureField } from './header-update.js';
 import { L2Editor } from './l2-editor.js';
@@ -288,6 +289,21 @@ export class Qcow2Node extends BlockNode {
     this.refuseIfCorrupt('write compressed', offset, data.byteLength);
     await this.settleAutoclear();
     return this.compressedWriter.prepare(offset, data);
+  }
+
+  /**
+   * QEMU's allocating write in three steps, for data written from outside the driver (an
+   * in-kernel copy into the image's file): whole clusters of [offset, offset + length) get host
+   * runs (new clusters, or ours written in place) that the caller fills, then commits (the L2
+   * entries point at them) or aborts. Undefined where the range cannot be written this way
+   * (partial clusters, compressed or shared clusters, an external data file): write it the
+   * ordinary way. See HostAllocation.
+   */
+  async allocateHostRange(offset: number, length: number): Promise<HostAllocation | undefined> {
+    if (this.readOnly) throw new BlockError('EROFS', 'Image is read-only', this.ctx('write', offset, length));
+    this.refuseIfCorrupt('write', offset, length);
+    await this.settleAutoclear();
+    return this.dataWriter.allocateHost(offset, length);
   }
 
   async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
