@@ -37,13 +37,22 @@ export class AboveBaseView extends FilterNode {
     for (const e of list) {
       const last = out[out.length - 1];
       let view: Extent;
-      if (e.present && e.depth < this.layers) view = { offset: e.offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
-      else if (!e.present && this.shortLayer[e.depth]) view = { offset: e.offset, length: e.length, data: false, zero: true, present: true, depth: 0 };
+      if (e.present && e.depth < this.layers) {
+        view = { offset: e.offset, length: e.length, data: e.data, zero: e.zero, present: true, depth: 0 };
+        // Where the bytes lie in a host file, so that the copy can move them in the kernel.
+        if (e.data && !e.compressed && e.hostOffset !== undefined && e.hostFile !== undefined) [view.hostOffset, view.hostFile] = [e.hostOffset, e.hostFile];
+      } else if (!e.present && this.shortLayer[e.depth]) view = { offset: e.offset, length: e.length, data: false, zero: true, present: true, depth: 0 };
       else view = { offset: e.offset, length: e.length, data: false, zero: false, present: false, depth: 1 };
       // Neighbours alike after the relabelling are one run (fewer, larger copy requests).
-      if (last && last.depth === view.depth && last.data === view.data && last.zero === view.zero) last.length += e.length;
+      if (last && last.depth === view.depth && last.data === view.data && last.zero === view.zero && sameHostRun(last, view)) last.length += e.length;
       else out.push(view);
     }
     return out;
   }
+}
+
+/** Whether `next` continues `last` in its host file too (or neither lies in one). */
+function sameHostRun(last: Extent, next: Extent): boolean {
+  if (last.hostFile === undefined && next.hostFile === undefined) return true;
+  return last.hostFile === next.hostFile && last.hostOffset !== undefined && last.hostOffset + last.length === next.hostOffset;
 }

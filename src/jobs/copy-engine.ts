@@ -148,7 +148,7 @@ class CopyRun {
         return this.fail(err);
       }
       try {
-        if (req.kind === 'data' && (await this.hostCopy(req))) {
+        if (req.kind === 'data' && (await this.hostCopy(req, () => (buf ??= this.allocate())))) {
           // Copied in the kernel.
         } else if (req.kind === 'data') {
           buf ??= this.allocate();
@@ -185,24 +185,23 @@ class CopyRun {
    * A data request copied in the kernel (host-copy.ts): false when it cannot be, and goes
    * through memory instead (even after its turn: the request keeps its place in target order).
    */
-  private async hostCopy(req: CopyRequest): Promise<boolean> {
+  private async hostCopy(req: CopyRequest, buffer: () => Uint8Array): Promise<boolean> {
     const from = this.host?.route(req);
     if (!from) return false;
     const runs = await this.host!.scan(req, from, this.granule, this.opts.sparseSize);
     if (!runs) return false;
     if (!(await this.turn(req))) return true;
-    for (const [i, run] of runs.entries()) {
-      if (run.zero) {
-        await this.writeZeroRun(run.offset, run.length);
-      } else if (!(await this.step('writing', run.offset, () => this.host!.copy(req, from, run.offset, run.length)))) {
-        // These files cannot be copied this way after all: the rest goes through memory.
-        const rest = req.offset + req.length - run.offset;
-        const data = this.allocate().subarray(0, rest);
-        await this.step('reading', run.offset, () => this.span.read(run.offset, data));
-        await this.writeRuns(runs.slice(i), run.offset, data);
-        return true;
-      }
-    }
+    await this.host!.write(req, from, runs, {
+      zero: (offset, length) => this.writeZeroRun(offset, length),
+      memory: async (offset, length, parts) => {
+        // The parts the kernel does not copy (partial clusters of a qcow2 target, or all of the
+        // rest once these files turned out not to copy this way).
+        const data = buffer().subarray(0, length);
+        await this.step('reading', offset, () => this.span.read(offset, data));
+        await this.writeRuns(parts, offset, data);
+      },
+      step: (what, offset, io) => this.step(what, offset, io),
+    });
     return true;
   }
 

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import type { Qcow2Node } from '../../../src/drivers/format/qcow2/qcow2-node.js';
 import { FileNode } from '../../../src/drivers/protocol/file/file-node.js';
 import { copyImage } from '../../../src/jobs/copy-engine.js';
 import { planCopy } from '../../../src/jobs/copy-plan.js';
@@ -66,18 +67,98 @@ for (const format of ['raw', 'qcow2'] as const) {
   });
 }
 
-test('no kernel copies into a cache=none target, a read-only one or a qcow2 one', async (t) => {
+test('no kernel copies into a cache=none target, a read-only one or a qcow2 one with an external data file', async (t) => {
   if (!needNative(t) || !native!.copyFileRange) return;
   const tmp = await makeTmpDir();
   t.after(() => tmp.cleanup());
   await makeSparseFile(tmp.path('a.raw'), MiB, []);
   await registry.get('qcow2').create!({ filename: tmp.path('a.qcow2'), size: MiB, options: {} });
-  for (const [name, opts] of [['a.raw', { format: 'raw', cache: 'none' }], ['a.raw', { format: 'raw', readOnly: true }], ['a.qcow2', { format: 'qcow2' }]] as const) {
+  await registry.get('qcow2').create!({ filename: tmp.path('d.qcow2'), size: MiB, options: { data_file: tmp.path('d.data') } });
+  const cases = [
+    ['a.raw', { format: 'raw', cache: 'none' }], ['a.raw', { format: 'raw', readOnly: true }],
+    ['a.qcow2', { format: 'qcow2', cache: 'none' }], ['d.qcow2', { format: 'qcow2' }],
+  ] as const;
+  for (const [name, opts] of cases) {
     const node = await open(tmp.path(name), opts);
     try {
       assert.equal(await HostCopy.create(node), undefined, `${name} ${JSON.stringify(opts)}`);
     } finally {
       await node.close();
     }
+  }
+});
+
+for (const [options, what] of [
+  ['cluster_size=65536', '64 KiB clusters'],
+  ['cluster_size=2097152', '2 MiB clusters'],
+  ['cluster_size=2097152,extended_l2=on', '2 MiB clusters with extended L2'],
+  ['cluster_size=65536,extended_l2=on', '64 KiB clusters with extended L2'],
+] as const) {
+  test(`a raw source is copied into a new qcow2 (${what}) in the kernel: same bytes, zeros unallocated as through memory, clean`, async (t) => {
+    if (!needNative(t) || !native!.copyFileRange) return;
+    const tmp = await makeTmpDir();
+    t.after(() => tmp.cleanup());
+    const size = 8 * MiB;
+    await makeSparseFile(tmp.path('src.raw'), size, sourceRuns());
+    const opts = Object.fromEntries(options.split(',').map((o) => o.split('=')));
+    const copies = [];
+    for (const kernelCopy of [true, false]) {
+      const name = tmp.path(`dst-${kernelCopy}.qcow2`);
+      await registry.get('qcow2').create!({ filename: name, size, options: opts });
+      const source = await open(tmp.path('src.raw'), { format: 'raw', readOnly: true });
+      const target = (await open(name, { format: 'qcow2' })) as Qcow2Node;
+      let allocations = 0;
+      const allocate = target.allocateHostRange.bind(target);
+      target.allocateHostRange = (offset, length) => {
+        allocations++;
+        return allocate(offset, length);
+      };
+      try {
+        // -m 1 for the comparison: allocation order, so host offsets, are the same both ways.
+        await copyImage({ sources: [source], target, targetIsZero: true, sparseSize: 4 * KiB, inFlight: 1, outOfOrder: false, kernelCopy });
+        assert.equal(allocations > 0, kernelCopy, 'the kernel copy allocates through the driver');
+        const r = await target.check();
+        assert.deepEqual([r.corruptions, r.leaks, r.checkErrors], [0, 0, 0], r.messages.join('; '));
+        const map = [];
+        for await (const e of target.extents(0, size)) map.push({ offset: e.offset, length: e.length, data: e.data, zero: e.zero });
+        copies.push(map);
+        const got = new Uint8Array(size);
+        await target.read(0, got);
+        const want = new Uint8Array(size);
+        await source.read(0, want);
+        assertBytesEqual(got, want, `${what}, kernel copy ${kernelCopy}`);
+      } finally {
+        await Promise.all([source.close(), target.close()]);
+      }
+    }
+    assert.deepEqual(copies[0], copies[1], 'the same allocation as the copy through memory (host offsets aside: tables come first, as in QEMU)');
+  });
+}
+
+test('into a qcow2 that holds data: its own clusters are written in place, compressed ones the ordinary way', async (t) => {
+  if (!needNative(t) || !native!.copyFileRange) return;
+  const tmp = await makeTmpDir();
+  t.after(() => tmp.cleanup());
+  const size = 8 * MiB;
+  await makeSparseFile(tmp.path('src.raw'), size, [{ offset: 0, data: pattern(4 * MiB, 7) }]);
+  await registry.get('qcow2').create!({ filename: tmp.path('dst.qcow2'), size, options: {} });
+  const target = (await open(tmp.path('dst.qcow2'), { format: 'qcow2' })) as Qcow2Node;
+  const source = await open(tmp.path('src.raw'), { format: 'raw', readOnly: true });
+  try {
+    await target.write(0, pattern(MiB, 8));
+    await target.writeCompressed(2 * MiB, new Uint8Array(64 * KiB).fill(5));
+    await target.write(6 * MiB, pattern(MiB, 9));
+    const before = await target.blockStatus(0, MiB);
+    await copyImage({ sources: [source], target, targetIsZero: false, sparseSize: 4 * KiB, inFlight: 4, outOfOrder: true, kernelCopy: true });
+    assert.equal((await target.blockStatus(0, MiB)).hostOffset, before.hostOffset, 'written in place');
+    const got = new Uint8Array(size);
+    await target.read(0, got);
+    const want = new Uint8Array(size);
+    await source.read(0, want);
+    assertBytesEqual(got, want, 'target');
+    const r = await target.check();
+    assert.deepEqual([r.corruptions, r.leaks, r.checkErrors], [0, 0, 0], r.messages.join('; '));
+  } finally {
+    await Promise.all([source.close(), target.close()]);
   }
 });

@@ -143,6 +143,15 @@ export class HostAlloc {
       await guard.check(c.host, cs);
     }
     const fresh = clusters.filter((c) => c.fresh).length;
+    // The L2 tables first, as QEMU's handle_alloc gets the cluster table before it allocates:
+    // a table lands before the data it maps, as an ordinary write lays them out.
+    let table = -1;
+    for (const [i, c] of clusters.entries()) {
+      const t = Math.floor((offset / cs + i) / g.l2Entries);
+      if (!c.fresh || t === table) continue;
+      await this.parts.editor.entryForWrite(offset + i * cs);
+      table = t;
+    }
     if (fresh > 0) {
       const refcounts = await this.parts.refcounts.get();
       const start = await refcounts.allocate(fresh);
