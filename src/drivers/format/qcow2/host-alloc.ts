@@ -179,9 +179,12 @@ export class HostAlloc {
     const settled = new Promise<void>((resolve) => (settle = resolve));
     const first = offset / cs;
     clusters.forEach((c, i) => c.fresh && this.pendingClusters.set(first + i, settled));
-    // Writes in place are tracked as the ordinary ones are: a flush lets them land before a cluster they hit can be reused.
-    if (fresh < clusters.length) void this.parts.writeback.inPlace(settled).catch(() => undefined);
-    return new Allocation(this, offset, clusters, runs, settle, file, g.subclusterSize);
+    // Writes in place are tracked as the ordinary ones are: a flush lets them land before a
+    // cluster they hit can be reused. They have landed when the caller commits or aborts, before
+    // either takes the lock (a flush holding it may be waiting for them).
+    let landed: () => void = () => undefined;
+    if (fresh < clusters.length) void this.parts.writeback.inPlace(new Promise<void>((resolve) => (landed = resolve))).catch(() => undefined);
+    return new Allocation(this, offset, clusters, runs, () => landed(), settle, file, g.subclusterSize);
   }
 
   /**
@@ -263,6 +266,8 @@ class Allocation implements HostAllocation {
     readonly offset: number,
     private readonly clusters: Cluster[],
     readonly runs: readonly HostRun[],
+    /** The caller's writes have landed (commit or abort): in-place ones stop holding up flushes. */
+    private readonly landed: () => void,
     private readonly settle: () => void,
     readonly file: BlockNode,
     readonly granule: number,
@@ -290,6 +295,7 @@ class Allocation implements HostAllocation {
   private end(op: string): void {
     if (this.ended) throw new BlockError('EINVAL', `${op}: this allocation was committed or aborted already`, { op: 'write', offset: this.offset });
     this.ended = true;
+    this.landed();
   }
 }
 
