@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 import { vdisk } from '../../helpers/cli.js';
-import { haveTool, needTools, qemuImgMap, run, runOk } from '../../helpers/oracles.js';
+import { allocatedBytes, haveTool, needTools, qemuImgMap, run, runOk } from '../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
 import { assertChecks, assertOneLineError, assertSameContent, info } from './image-tools.js';
 import { interruptWhenMoving, triplets as makeTriplets, type ChainOptions } from './job-chains.js';
@@ -67,6 +67,33 @@ describe('vdisk commit against qemu-img commit', () => {
     assert.ok(await used(dirs.ours) <= (await used(dirs.orig)) - MiB, `top uses ${await used(dirs.ours)} bytes, was ${await used(dirs.orig)}`);
     await assertSameContent(top, path.join(dirs.orig, 'top.qcow2'));
     for (const f of ['top.qcow2', 'mid.qcow2', 'base.qcow2']) await assertChecks(path.join(dirs.ours, f));
+  });
+
+  it('into qcow2 bases with extended L2 or 2 MiB clusters: the base reads what the top read, checks clean, takes no more disk than qemu-img\'s', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io')) return;
+    for (const [i, opts] of ['extended_l2=on', 'cluster_size=2M', 'cluster_size=2M,extended_l2=on'].entries()) {
+      const dir = tmp.path(`big${i}`);
+      await runOk('mkdir', ['-p', `${dir}/orig`, `${dir}/ours`, `${dir}/qemu`]);
+      const at = (name: string) => path.join(dir, 'orig', name);
+      // The base holds data the top partly overwrites (written in place) and data it leaves.
+      await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', opts, at('base.qcow2'), '16M']);
+      await runOk('qemu-io', ['-c', 'write -P 1 0 3M', '-c', 'write -P 2 12M 1M', at('base.qcow2')]);
+      await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', at('top.qcow2'), '16M']);
+      // Data with a zero 4 KiB block inside, an unaligned piece, a zero write over the base's
+      // data, all-zero data, and data crossing 2 MiB boundaries.
+      await runOk('qemu-io', ['-c', 'write -P 3 1M 1M', '-c', 'write -P 0 1100k 4k', '-c', `write -P 4 ${5 * MiB + 512} 3000`, '-c', 'write -z 2M 256k',
+        '-c', 'write -P 0 8M 256k', '-c', 'write -P 5 3968k 4M', at('top.qcow2')]);
+      for (const d of ['ours', 'qemu']) for (const f of ['base.qcow2', 'top.qcow2']) await runOk('cp', [at(f), path.join(dir, d, f)]);
+      const r = await both({ qemu: path.join(dir, 'qemu'), ours: path.join(dir, 'ours') }, []);
+      assert.equal(r.ours.stdout, 'Image committed.\n');
+      const base = path.join(dir, 'ours', 'base.qcow2');
+      await assertSameContent(base, at('top.qcow2'));
+      await assertSameContent(base, path.join(dir, 'qemu', 'base.qcow2'));
+      await assertChecks(base);
+      const [ours, theirs] = [await allocatedBytes(base), await allocatedBytes(path.join(dir, 'qemu', 'base.qcow2'))];
+      t.diagnostic(`${opts}: vdisk's base ${ours} B on disk, qemu-img's ${theirs} B`);
+      assert.ok(ours <= theirs, `${opts}: vdisk's base takes ${ours} B, qemu-img's ${theirs} B`);
+    }
   });
 
   it('-d keeps the top as it is', async (t) => {

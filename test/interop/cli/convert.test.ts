@@ -136,6 +136,15 @@ describe('vdisk convert against qemu-img convert', () => {
     }
   });
 
+  it('into qcow2 with extended L2 (64 KiB and 2 MiB clusters), and -S 0 into 2 MiB clusters: the kernel copy allocates no more than qemu-img', async (t) => {
+    if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
+    // The sparse raw source has zeros inside its data runs and written zeros: only the clusters
+    // (subclusters) holding data are allocated, as qemu-img allocates them.
+    for (const [i, args] of [['-o', 'extended_l2=on'], ['-o', 'cluster_size=2M,extended_l2=on'], ['-S', '0', '-o', 'cluster_size=2M']].entries()) {
+      for (const src of [sources[0]!, sources[1]!]) await convertBoth(t, `ext${i}-${src.format}.qcow2`, src, ['-O', 'qcow2', ...args], 'qcow2');
+    }
+  });
+
   it('-n into an existing image, with and without --target-is-zero', async (t) => {
     if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
     const create = (format: string) => async (file: string) => void (await runOk('qemu-img', ['create', '-q', '-f', format, file, String(SIZE)]));

@@ -1,5 +1,5 @@
 import type { BlockNode } from '../../../core/block-node.js';
-import { BlockError } from '../../../core/errors.js';
+import { BlockError, isNotSupported } from '../../../core/errors.js';
 import { zeroBuffer } from '../../../core/zero-detect.js';
 import { OFLAG_COPIED } from './constants.js';
 import type { Qcow2Geometry } from './geometry.js';
@@ -188,16 +188,22 @@ export class HostAlloc {
   }
 
   /**
-   * The file grows as a data write past its end grows it: the node's size must cover a cluster
-   * before an entry points at it (reads past the end read zeros, and an entry past it is taken
-   * for corruption). Writing the range's last bytes does it at the cost of one small write; the
-   * caller's data lands in the hole before them.
+   * The file grows as a data write past its end would grow it: the node's size must cover a
+   * cluster before an entry points at it (reads past the end read zeros, and an entry past it
+   * is taken for corruption). Extended, not written: with extended L2 the caller may leave the
+   * last subclusters unwritten, and they must take no space (as qemu-img leaves them). Where the
+   * file cannot be resized (a block device ends where it ends), writing the last block grows it.
    */
   private async grow(end: number): Promise<void> {
     const file = this.parts.file;
     if (end <= file.size) return;
-    const n = Math.min(end - file.size, 4096);
-    await file.write(end - n, zeroBuffer(n));
+    try {
+      await file.resize(end);
+    } catch (err) {
+      if (!isNotSupported(err)) throw err;
+      const n = Math.min(end - file.size, 4096);
+      await file.write(end - n, zeroBuffer(n));
+    }
   }
 
   /** Commit: under the lock, the new clusters written to are linked and the others given back. */
