@@ -1,5 +1,5 @@
 import { BlockNode, type NodeOptions } from '../../../core/block-node.js';
-import { alignUp } from '../../../core/limits.js';
+import { alignUp, defaultLimits } from '../../../core/limits.js';
 import type { Extent, IoOptions } from '../../../core/types.js';
 import type { HttpOptions } from './options.js';
 import { ReadaheadCache } from './readahead.js';
@@ -7,6 +7,8 @@ import { readHead, readRange } from './replies.js';
 import { Transport } from './transport.js';
 
 const SECTOR = 512;
+/** The most one GET asks for. */
+const MAX_REPLY = 4 * 1024 * 1024;
 
 export interface HttpNodeOptions extends NodeOptions {
   /** Seconds each request may take (connect, headers, body); 0: no limit. */
@@ -36,6 +38,9 @@ export class HttpNode extends BlockNode {
     this.fileLength = fileLength;
     // QEMU counts every image in whole sectors; the tail past the file reads as zeros.
     this.size = alignUp(fileLength, SECTOR);
+    // The timeout covers a whole reply, so a read must stay small enough to arrive within it on
+    // a slow link: the generic layer splits larger ones (only a readahead set larger asks more).
+    this.limits = defaultLimits({ maxTransfer: MAX_REPLY });
     this.cache = new ReadaheadCache((offset, into) => this.fetch(offset, into), opts.readahead, fileLength);
   }
 
