@@ -25,9 +25,9 @@ const MAX_TIMEOUT = 2147483;
 
 /** The --help lines of --timeout, for every command that takes it. */
 export const TIMEOUT_HELP = `  --timeout SECONDS  fail with ETIMEDOUT when storage does not answer in time: each connect,
-              handshake and request of nbd://, opening an image, and each read and write of a
-              local file (default: ${DEFAULT_NETWORK_TIMEOUT} for network protocols, none for local files;
-              0: no limit)`;
+              handshake and request of nbd:// and http(s)://, opening an image, and each read,
+              write and SEEK_DATA walk of a local file (default: ${DEFAULT_NETWORK_TIMEOUT} for network
+              protocols, none for local files; 0: no limit)`;
 
 /** What --timeout asks for, in seconds; 0 is no limit. */
 export interface StorageTimeouts {

@@ -11,12 +11,15 @@ export type OpenGate = { mode: 'permissive' } | { mode: 'deny' } | { mode: 'allo
 
 export const DEFAULT_MAX_CHAIN_DEPTH = 64;
 
-export async function checkGate(gate: OpenGate, target: string, namedBy: string): Promise<void> {
+/** `uri`: the target is a protocol's URI (nbd://, http://), a place on the network, not a path. */
+export async function checkGate(gate: OpenGate, target: string, namedBy: string, uri = false): Promise<void> {
   if (gate.mode === 'permissive') return;
   const ctx = { op: 'open', path: target };
   if (gate.mode === 'deny') {
     throw new BlockError('EPERM', `'${namedBy}' refers to '${target}', and following image references is denied`, ctx);
   }
+  // No directory holds a network location (read as a path, 'nbd://h/x' would be cwd/nbd:/h/x).
+  if (uri) throw new BlockError('EPERM', `'${namedBy}' refers to '${target}', a network location outside the allowed directories`, ctx);
   // Resolve links first, so a symlink inside an allowed directory cannot lead outside it.
   const real = await realpath(target).catch(() => path.resolve(target));
   for (const dir of gate.dirs) {

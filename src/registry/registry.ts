@@ -181,8 +181,9 @@ export class Registry {
           return this.openAt(name, { ...options, readOnly: ref.readOnly ?? options.readOnly }, depth + 1, ref.format);
         }
         // A URI (nbd://…) names its own place; only paths are relative to the naming image.
-        const target = this.protocolFor(name) ? name : combinePath(ref.relativeTo, name);
-        await checkGate(options.gate ?? { mode: 'permissive' }, target, ref.relativeTo);
+        const uri = this.protocolFor(name) !== undefined;
+        const target = uri ? name : combinePath(ref.relativeTo, name);
+        await checkGate(options.gate ?? { mode: 'permissive' }, target, ref.relativeTo, uri);
         return this.openAt(target, { ...options, readOnly: ref.readOnly ?? options.readOnly, detectZeroes: undefined }, depth + 1, ref.format);
       },
       probeFormat: (head) => this.probe(head),

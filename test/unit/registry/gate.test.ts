@@ -3,13 +3,14 @@ import { mkdir, symlink } from 'node:fs/promises';
 import { test } from 'node:test';
 import { BlockError } from '../../../src/core/errors.js';
 import { fileDriver } from '../../../src/drivers/protocol/file/index.js';
+import { nbdDriver } from '../../../src/drivers/protocol/nbd/index.js';
 import { rawDriver } from '../../../src/drivers/format/raw/index.js';
 import { Registry, type OpenGate } from '../../../src/registry/index.js';
 import { openFds } from '../../helpers/fds.js';
 import { refFormat, writeRefImage } from '../../helpers/test-formats.js';
 import { makeTmpDir, type TmpDir } from '../../helpers/tmp.js';
 
-const registry = new Registry([fileDriver, rawDriver, refFormat]);
+const registry = new Registry([fileDriver, nbdDriver, rawDriver, refFormat]);
 
 /** allowed/top.img names `ref`; allowed/inside.img and outside/secret.img exist. */
 async function layout(t: { after(fn: () => Promise<void>): void }, ref: string): Promise<TmpDir & { top: string }> {
@@ -92,4 +93,12 @@ test('a json: reference is refused by any gate but the permissive one', async (t
   await refused(openWith(tmp.path('top.img'), { mode: 'allow', dirs: [tmp.dir] }), 'json under allow');
   await refused(openWith(tmp.path('top.img'), { mode: 'deny' }), 'json under deny');
   await (await openWith(tmp.path('top.img'), { mode: 'permissive' })).close();
+});
+
+test('an allow-list refuses a network reference, even with the working directory allowed', async (t) => {
+  // Taken for a path, nbd://… lies in the working directory: allowing that must not admit it.
+  for (const ref of ['nbd://127.0.0.1:1/x', 'nbd+unix:///x?socket=/nonexistent.sock']) {
+    const tmp = await layout(t, ref);
+    await refused(openWith(tmp.top, { mode: 'allow', dirs: [tmp.path('allowed'), process.cwd()] }), ref);
+  }
 });
