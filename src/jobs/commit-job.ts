@@ -62,11 +62,11 @@ export class CommitJob extends Job<void> {
         // beside the copying itself (8 MiB measured best against 2 MiB to 16 MiB).
         bufferSize: 8 * 1024 * 1024,
         outOfOrder: true,
-        // Data whose bytes lie in a host file is copied in the kernel (into a qcow2 base, into
-        // clusters allocated for it). Where that shares extents (XFS, btrfs), the base shares
-        // them with the top, which commit empties next: as good as a copy. Not under a rate
-        // limit, which paces reads the kernel copy does not make.
-        kernelCopy: !this.opts.rateLimit,
+        // Not copied in the kernel: into a qcow2 base (clusters allocated for the copy,
+        // host-alloc.ts) it measured slower than the copy through memory, 1.55 against 1.44 s
+        // and 1.82 against 1.48 s of CPU (BENCHMARKS.md). The view passes the layers' host
+        // offsets on for when it pays.
+        kernelCopy: false,
         checkpoint: () => this.checkpoint(),
         onProgress: (n) => {
           this.addProgress(n);

@@ -41,6 +41,13 @@ export interface CopyOptions {
    * (convert --reflink=never) leaves it off. Default off.
    */
   kernelCopy?: boolean;
+  /**
+   * With kernelCopy, data is copied in the kernel into qcow2 targets too, into clusters the
+   * target allocates for it (host-alloc.ts). Default off, and nothing turns it on yet: into a
+   * new qcow2 from a raw source (convert) and into a commit's qcow2 base it measured slower than
+   * the copy through memory on ext4 (BENCHMARKS.md).
+   */
+  allocatingKernelCopy?: boolean;
   /** Largest data request; default 2 MiB (qemu-img's), raised to the target's preferred transfer. */
   bufferSize?: number;
   /** Called before each request: waits while the job is paused, throws once it is cancelled. */
@@ -123,7 +130,7 @@ class CopyRun {
       }
       this.targetIsZero = this.failure === undefined;
     }
-    if (this.opts.kernelCopy && !this.compressor) this.host = await HostCopy.create(this.target);
+    if (this.opts.kernelCopy && !this.compressor) this.host = await HostCopy.create(this.target, { allocating: this.opts.allocatingKernelCopy ?? false });
     await Promise.all(Array.from({ length: this.opts.inFlight }, () => this.worker()));
     // Every request has settled, so the target is as consistent as its driver keeps it; flush
     // what was written even when stopping early, then report the first error.

@@ -45,10 +45,11 @@ export class HostCopy {
 
   private constructor(private readonly target: RawTarget | Qcow2Target) {}
 
-  /** The host copy for a copy into this node, or undefined where it cannot be used. */
-  static async create(target: BlockNode): Promise<HostCopy | undefined> {
+  /** The host copy for a copy into this node (a qcow2 one only when `allocating`), or undefined where it cannot be used. */
+  static async create(target: BlockNode, opts: { allocating?: boolean } = {}): Promise<HostCopy | undefined> {
     if (!native?.copyFileRange || !native.fileZeroRuns || target.readOnly || target.detectZeroes !== 'off') return undefined;
     if (target.driver === 'qcow2') {
+      if (!opts.allocating) return undefined;
       // New clusters go to the image's file; an external data file takes the ordinary way.
       const file = target.file;
       if (!(file instanceof FileNode) || file.uncachedBy !== undefined || target.children.has('data-file')) return undefined;

@@ -136,7 +136,7 @@ describe('vdisk convert against qemu-img convert', () => {
     }
   });
 
-  it('into qcow2 with extended L2 (64 KiB and 2 MiB clusters), and -S 0 into 2 MiB clusters: the kernel copy allocates no more than qemu-img', async (t) => {
+  it('into qcow2 with extended L2 (64 KiB and 2 MiB clusters), and -S 0 into 2 MiB clusters: no more disk than qemu-img', async (t) => {
     if (!needTools(t, 'qemu-img', 'qemu-io', 'qemu-nbd')) return;
     // The sparse raw source has zeros inside its data runs and written zeros: only the clusters
     // (subclusters) holding data are allocated, as qemu-img allocates them.

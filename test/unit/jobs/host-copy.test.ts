@@ -78,10 +78,17 @@ test('no kernel copies into a cache=none target, a read-only one or a qcow2 one 
     ['a.raw', { format: 'raw', cache: 'none' }], ['a.raw', { format: 'raw', readOnly: true }],
     ['a.qcow2', { format: 'qcow2', cache: 'none' }], ['d.qcow2', { format: 'qcow2' }],
   ] as const;
+  const plain = await open(tmp.path('a.qcow2'), { format: 'qcow2' });
+  try {
+    assert.equal(await HostCopy.create(plain), undefined, 'a qcow2 target only when allocating copies are asked for');
+    assert.ok(await HostCopy.create(plain, { allocating: true }));
+  } finally {
+    await plain.close();
+  }
   for (const [name, opts] of cases) {
     const node = await open(tmp.path(name), opts);
     try {
-      assert.equal(await HostCopy.create(node), undefined, `${name} ${JSON.stringify(opts)}`);
+      assert.equal(await HostCopy.create(node, { allocating: true }), undefined, `${name} ${JSON.stringify(opts)}`);
     } finally {
       await node.close();
     }
@@ -115,7 +122,7 @@ for (const [options, what] of [
       };
       try {
         // -m 1 for the comparison: allocation order, so host offsets, are the same both ways.
-        await copyImage({ sources: [source], target, targetIsZero: true, sparseSize: 4 * KiB, inFlight: 1, outOfOrder: false, kernelCopy });
+        await copyImage({ sources: [source], target, targetIsZero: true, sparseSize: 4 * KiB, inFlight: 1, outOfOrder: false, kernelCopy, allocatingKernelCopy: true });
         assert.equal(allocations > 0, kernelCopy, 'the kernel copy allocates through the driver');
         const r = await target.check();
         assert.deepEqual([r.corruptions, r.leaks, r.checkErrors], [0, 0, 0], r.messages.join('; '));
@@ -149,7 +156,7 @@ test('into a qcow2 that holds data: its own clusters are written in place, compr
     await target.writeCompressed(2 * MiB, new Uint8Array(64 * KiB).fill(5));
     await target.write(6 * MiB, pattern(MiB, 9));
     const before = await target.blockStatus(0, MiB);
-    await copyImage({ sources: [source], target, targetIsZero: false, sparseSize: 4 * KiB, inFlight: 4, outOfOrder: true, kernelCopy: true });
+    await copyImage({ sources: [source], target, targetIsZero: false, sparseSize: 4 * KiB, inFlight: 4, outOfOrder: true, kernelCopy: true, allocatingKernelCopy: true });
     assert.equal((await target.blockStatus(0, MiB)).hostOffset, before.hostOffset, 'written in place');
     const got = new Uint8Array(size);
     await target.read(0, got);
