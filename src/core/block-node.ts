@@ -107,6 +107,15 @@ export abstract class BlockNode implements BlockDevice {
     return this.file?.filename ?? '';
   }
 
+  /**
+   * Whether a write here waits for the device (O_DIRECT) rather than copying into a cache: a
+   * caller that would hold a lock around a data write (qcow2's cluster allocation) writes outside
+   * it then. A format passes its file's answer up.
+   */
+  get writesWaitForDevice(): boolean {
+    return this.file?.writesWaitForDevice ?? false;
+  }
+
   /** Bytes the image takes on its storage (`actual-size`), when the storage can tell. */
   async allocatedSize(): Promise<number | undefined> {
     return this.file?.allocatedSize();

@@ -78,6 +78,17 @@ export class DataWriter {
       start += n;
     }
     if (start === data.byteLength) return;
+    // Whole clusters that hold nothing yet, on a file whose writes wait for the device
+    // (O_DIRECT): allocated under the lock, written outside it and linked under it again (QEMU's
+    // handle_alloc, data write, link_l2), so that allocating writers in flight (a commit's
+    // requests) overlap at the device instead of taking turns at the lock for each write. Into
+    // the page cache a write is a copy, and the one pass under the lock below costs less
+    // (measured: ~0.2 ms more per 2 MiB write split, and no overlap gained).
+    const rest = data.byteLength - start;
+    if ((offset + start) % cs === 0 && rest % cs === 0 && rest >= 2 * cs && this.parts.dataFile.writesWaitForDevice) {
+      const allocation = await this.hostAlloc.allocate(offset + start, rest, { growByWrite: true });
+      if (allocation) return this.fill(allocation, offset, data);
+    }
     // Writes into clusters that are ours by the time the lock is held (allocated meanwhile, or
     // just now and zeroed) are started under the lock and awaited after it: their data needs
     // no metadata change, and the next allocating writer need not wait for it.
@@ -127,6 +138,17 @@ export class DataWriter {
   }
 
   /** A write into a cluster another write is zeroing: in place once zeroed; if that was refused, the ordinary way. */
+  /** Writes an allocation's runs from `data` (which starts at guest `offset`), then links them. */
+  private async fill(allocation: HostAllocation, offset: number, data: Uint8Array): Promise<void> {
+    try {
+      await Promise.all(allocation.runs.map((r) => allocation.file.write(r.host, data.subarray(r.offset - offset, r.offset - offset + r.length))));
+    } catch (err) {
+      await allocation.abort();
+      throw err;
+    }
+    await allocation.commit();
+  }
+
   private async afterZeroing(z: Zeroing, pos: number, data: Uint8Array): Promise<void> {
     if (await z.done) return this.inPlace(z.host + (pos % this.parts.g.clusterSize), data);
     return this.write(pos, data);

@@ -97,13 +97,18 @@ export class HostAlloc {
   }
 
   /** Called with the metadata lock free. */
-  async allocate(offset: number, length: number): Promise<HostAllocation | undefined> {
+  /**
+   * `growByWrite`: the caller writes every byte of the range through the file node, whose writes
+   * grow the file as they land, so the allocation need not extend it first (a resize waits for
+   * the node's requests in flight, which would make allocations take turns again).
+   */
+  async allocate(offset: number, length: number, opts: { growByWrite?: boolean } = {}): Promise<HostAllocation | undefined> {
     const { g, lock } = this.parts;
     const cs = g.clusterSize;
     if (g.hasDataFile || length <= 0 || offset % cs !== 0 || length % cs !== 0 || offset + length > this.parts.size()) return undefined;
     return lock.run(async () => {
       const clusters = await this.classify(offset, length);
-      return clusters && this.reserve(offset, clusters);
+      return clusters && this.reserve(offset, clusters, opts.growByWrite === true);
     });
   }
 
@@ -134,7 +139,7 @@ export class HostAlloc {
   }
 
   /** Under the lock: host clusters for the new ones (one contiguous run), the checks a data write makes, and the pending marks. */
-  private async reserve(offset: number, clusters: Cluster[]): Promise<HostAllocation> {
+  private async reserve(offset: number, clusters: Cluster[], growByWrite: boolean): Promise<HostAllocation> {
     const { g, guard, file } = this.parts;
     const cs = g.clusterSize;
     for (const c of clusters) {
@@ -157,7 +162,7 @@ export class HostAlloc {
       const start = await refcounts.allocate(fresh);
       try {
         await guard.check(start, fresh * cs);
-        await this.grow(start + fresh * cs);
+        if (!growByWrite) await this.grow(start + fresh * cs);
       } catch (err) {
         refcounts.free(start, fresh);
         throw err;

@@ -161,6 +161,10 @@ export class FileNode extends BlockNode {
     this.dataMap = undefined;
   }
 
+  override get writesWaitForDevice(): boolean {
+    return this.directAlignment > 0;
+  }
+
   /** How cache=none/directsync is kept: O_DIRECT, or pages dropped behind the I/O; undefined for cached modes. */
   get uncachedBy(): 'o-direct' | 'evict-behind' | undefined {
     return this.directAlignment > 0 ? 'o-direct' : this.evict ? 'evict-behind' : undefined;
