@@ -117,7 +117,11 @@ export class Qcow2Node extends BlockNode {
     this.tables = tables;
     this.size = parts.snapshot?.diskSize ?? h.size;
     // Zero writes and discards work on whole clusters (subclusters for zeroing with extended L2).
-    this.limits = { ...this.limits, optTransfer: g.clusterSize, zeroAlignment: g.subclusterSize, discardAlignment: g.clusterSize };
+    // Buffers handed down to the file keep their addresses: O_DIRECT's alignment (cache=none)
+    // holds for ours too, so that callers allocate aligned buffers rather than every data write
+    // going through a bounce buffer (QEMU's bdrv_refresh_limits merges min_mem_alignment so).
+    const memoryAlignment = Math.max(file.limits.memoryAlignment, parts.dataFile.limits.memoryAlignment);
+    this.limits = { ...this.limits, optTransfer: g.clusterSize, zeroAlignment: g.subclusterSize, discardAlignment: g.clusterSize, memoryAlignment };
 
     const cache = settings.cache;
     const corruption = (what: string) => this.corruption(what);
