@@ -18,7 +18,8 @@ zeros) become zero clusters or holes in the backing file, never zero-filled data
             down; implies -d (the images between would read wrongly once IMAGE is emptied)
   -d        do not empty IMAGE afterwards
   -r RATE   copy at most RATE bytes of data per second (suffixes k, M, G …)
-  -t CACHE  host cache mode: writeback (default), writethrough, none, directsync, unsafe
+  -t CACHE  host cache mode of every image: writeback, writethrough, none, directsync, unsafe;
+            default: writeback, but none (O_DIRECT) for the base's file
   -p        show progress; -q: print nothing on success
   --output=json  one JSON object per line as the commit runs and when it ends (QMP's
             query-jobs names: id, type, status, current-progress, total-progress, error)`;
@@ -89,7 +90,13 @@ async function openForCommit(p: Parsed, image: string, baseName: string | undefi
   try {
     // The base by its file name, whatever form IMAGE was given in.
     const plain: Parsed = { ...p, options: new Map([...p.options].filter(([key]) => key !== 'image-opts' && key !== 'format')) };
-    const base = await openImage(plain, baseFile, { format: baseFormat });
+    // Without -t, the base is written with O_DIRECT: its data must be on the disk before the
+    // commit ends anyway, and through the page cache it is written twice (a copy into new
+    // pages, then their writeback, ~300 MB/s for newly allocated ext4 blocks on the virtio disk
+    // measured, against 1.1-1.6 GB/s direct). It also leaves the page cache to the guest's
+    // working set. Where the file system refuses O_DIRECT, cache=none drops pages instead.
+    const cache = lastValue(p, 'cache') === undefined ? { cache: 'none' as const } : {};
+    const base = await openImage(plain, baseFile, { format: baseFormat, ...cache });
     return { top, base, layers };
   } catch (err) {
     await top.close();
