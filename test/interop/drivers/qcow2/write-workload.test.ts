@@ -51,6 +51,8 @@ interface Config {
   /** Caps data writes (2 MiB clusters would otherwise move gigabytes). */
   maxWriteBytes?: number;
   backing?: 'qcow2' | 'raw';
+  /** Host cache mode of both tools (`-t`): none is O_DIRECT, where the qcow2 driver writes whole new clusters outside its lock. */
+  cache?: 'none';
   seed: number;
 }
 
@@ -83,6 +85,7 @@ const CONFIGS: Config[] = [
     name: 'extended_l2=on over qcow2 backing', options: 'cluster_size=65536,extended_l2=on', size: 8 * MiB + 512,
     cluster: 64 * KiB, unit: 2 * KiB, backing: 'qcow2', seed: 0xe1b0009,
   },
+  { name: 'cluster_size=64k, cache=none (O_DIRECT)', options: 'cluster_size=65536', size: 8 * MiB, cluster: 64 * KiB, cache: 'none', seed: 0x6400010 },
 ];
 
 const envInt = (name: string): number | undefined => {
@@ -229,18 +232,19 @@ async function twins(image: string, dir: string, tag: string): Promise<[string, 
  * Phase 1 on fresh copies: the commands in `parts` batches through both tools, then output,
  * compare and check. Returns the copies and the problems found (empty when all agree).
  */
-async function applyBoth(image: string, dir: string, tag: string, cmds: readonly string[], parts: number): Promise<{ q: string; v: string; problems: string[] }> {
+async function applyBoth(c: Config, image: string, dir: string, tag: string, cmds: readonly string[], parts: number): Promise<{ q: string; v: string; problems: string[] }> {
+  const cache = c.cache ? ['-t', c.cache] : [];
   const [q, v] = await twins(image, dir, tag);
   const problems: string[] = [];
   let first = 0;
   for (const batch of batches(cmds, parts)) {
-    const qemu = normalize(await run('qemu-io', ['-f', 'qcow2', ...cmdArgs(batch), q]));
+    const qemu = normalize(await run('qemu-io', ['-f', 'qcow2', ...cache, ...cmdArgs(batch), q]));
     if (qemu.code !== 0) throw new Error(`qemu-io itself failed on a generated workload (a generator bug): ${qemu.stderr.trim()}`);
     let ours: RunResult;
     try {
       ours = normalize(ORACLE_ONLY
-        ? await run('qemu-io', ['-f', 'qcow2', ...cmdArgs(batch), v])
-        : await vdisk(['io', '-f', 'qcow2', ...cmdArgs(batch), v]));
+        ? await run('qemu-io', ['-f', 'qcow2', ...cache, ...cmdArgs(batch), v])
+        : await vdisk(['io', '-f', 'qcow2', ...cache, ...cmdArgs(batch), v]));
     } catch (e) {
       // main() should turn every failure into an exit status; a throw is a finding too.
       problems.push(`batch of commands #${first}..#${first + batch.length - 1}: vdisk io threw: ${(e as Error)?.stack ?? String(e)}`);
@@ -261,13 +265,13 @@ async function applyBoth(image: string, dir: string, tag: string, cmds: readonly
  * The shortest prefix of cmds that still fails (bisection, assuming failure persists once it
  * appears, which is usual but not certain), run in one batch each.
  */
-async function shortestFailingPrefix(image: string, dir: string, cmds: readonly string[]): Promise<{ length: number; problems: string[] } | null> {
+async function shortestFailingPrefix(c: Config, image: string, dir: string, cmds: readonly string[]): Promise<{ length: number; problems: string[] } | null> {
   let lo = 0; // a prefix known (or assumed) to pass
   let hi = cmds.length; // a prefix known to fail
   let hiProblems: string[] | null = null;
   for (let step = 0; step < 16 && hi - lo > 1; step++) {
     const mid = Math.floor((lo + hi) / 2);
-    const { problems } = await applyBoth(image, dir, `shrink-${mid}`, cmds.slice(0, mid), 1);
+    const { problems } = await applyBoth(c, image, dir, `shrink-${mid}`, cmds.slice(0, mid), 1);
     if (problems.length > 0) {
       hi = mid;
       hiProblems = problems;
@@ -277,7 +281,7 @@ async function shortestFailingPrefix(image: string, dir: string, cmds: readonly 
   }
   if (hiProblems === null) {
     // Never confirmed below the whole list in one batch: try the whole list in one batch.
-    const { problems } = await applyBoth(image, dir, `shrink-${hi}`, cmds.slice(0, hi), 1);
+    const { problems } = await applyBoth(c, image, dir, `shrink-${hi}`, cmds.slice(0, hi), 1);
     if (problems.length === 0) return null;
     hiProblems = problems;
   }
@@ -305,7 +309,7 @@ async function failureMessage(c: Config, seed: number, phase: string, image: str
     ...problems,
   ];
   if (SHRINK) {
-    const shrunk = await shortestFailingPrefix(image, dir, cmds);
+    const shrunk = await shortestFailingPrefix(c, image, dir, cmds);
     if (shrunk) {
       lines.push(`shortest failing prefix found: the first ${shrunk.length} commands (last: ${cmds[shrunk.length - 1]}), failing with:`, ...shrunk.problems);
     } else {
@@ -359,7 +363,7 @@ async function runConfig(t: TestContext, c: Config): Promise<void> {
 
   // Phase 1: the same workload through qemu-io and vdisk io.
   const started = Date.now();
-  const { q, v, problems } = await applyBoth(image, dir, 'phase1', cmds, BATCHES).catch((e: unknown) => {
+  const { q, v, problems } = await applyBoth(c, image, dir, 'phase1', cmds, BATCHES).catch((e: unknown) => {
     throw new Error(`${c.name}: seed ${seed}: ${(e as Error)?.message ?? String(e)}\n${replay(c, seed)}`, { cause: e });
   });
   const qemuCheck = await checkProblems(q, 'qemu');
