@@ -13,12 +13,13 @@
  * point at the zeros before the data is there, or a crash would show zeros over the island).
  */
 import assert from 'node:assert/strict';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import type { DriverDef } from '../../../../src/registry/driver.js';
 import { registry, Registry } from '../../../../src/registry/index.js';
 import { CrashDisk } from '../../../helpers/crash-disk.js';
-import { needTools, run, runOk } from '../../../helpers/oracles.js';
+import { crashedGuest, durability } from '../../../helpers/crash-judge.js';
+import { needTools, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { uniformInt } from '../../../helpers/uniform-int.js';
 import { Rng } from '../../../helpers/workload.js';
@@ -218,33 +219,9 @@ function checkOrder(disk: CrashDisk, name: string): void {
 
 /** One crash image: QEMU's check, then every slot against the versions the model allows. */
 async function judge(disk: CrashDisk, at: number, rng: Rng, model: SlotModel, dir: string, what: string): Promise<void> {
-  const crashed = `${dir}/crashed.qcow2`;
-  const raw = `${dir}/crashed.raw`;
-  await writeFile(crashed, disk.crashImage(at, rng));
-  const check = await run('qemu-img', ['check', '--output=json', crashed]);
-  let report: Record<string, number> = {};
-  try {
-    report = JSON.parse(check.stdout) as Record<string, number>;
-  } catch {
-    assert.fail(`${what}: qemu-img check gave no report (exit ${check.code}): ${check.stderr}`);
-  }
-  assert.equal(report.corruptions ?? 0, 0, `${what}: qemu-img check found corruption: ${check.stdout}`);
-  assert.equal(report['check-errors'] ?? 0, 0, `${what}: qemu-img check errors: ${check.stdout}`);
-  await runOk('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', crashed, raw]);
-  const guest = new Uint8Array(await readFile(raw));
-  await rm(raw);
-
+  const guest = await crashedGuest(disk, at, rng, dir, what);
   // Requests acknowledged before a guest flush began that itself ended by this point are durable.
-  const marks = new Map<string, number>();
-  for (let i = 0; i <= at; i++) {
-    const e = disk.log[i]!;
-    if (e.t === 'mark') marks.set(e.label, i);
-  }
-  let durableBefore = -1;
-  for (const [label, i] of marks) {
-    if (label.startsWith('gf-end:')) durableBefore = Math.max(durableBefore, marks.get(`gf-start:${label.slice(7)}`)!);
-    void i;
-  }
+  const { marks, durableBefore } = durability(disk, at);
   model.slots.forEach((versions, s) => {
     let first = 0;
     versions.forEach((v, i) => {

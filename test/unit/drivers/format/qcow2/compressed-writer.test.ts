@@ -1,41 +1,20 @@
 import assert from 'node:assert/strict';
 import { stat } from 'node:fs/promises';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import type { Qcow2Node } from '../../../../../src/drivers/format/qcow2/qcow2-node.js';
 import { open } from '../../../../../src/registry/index.js';
+import { assertClean, newQcow2, readAll } from '../../../../helpers/qcow2-node.js';
 import { assertBytesEqual, pattern } from '../../../../helpers/bytes.js';
-import { vdisk } from '../../../../helpers/cli.js';
 import { textBytes } from '../../../../helpers/text-bytes.js';
-import { makeTmpDir } from '../../../../helpers/tmp.js';
 
 const KiB = 1024;
-
-async function image(t: TestContext, options: string, size: number): Promise<{ path: string; node: () => Promise<Qcow2Node> }> {
-  const tmp = await makeTmpDir('vdisk-cwrite-');
-  t.after(() => tmp.cleanup());
-  const path = tmp.path('c.qcow2');
-  const r = await vdisk(['create', '-q', '-f', 'qcow2', '-o', options, path, String(size)]);
-  assert.equal(r.code, 0, r.stderr);
-  return { path, node: async () => (await open(path, { format: 'qcow2' })) as Qcow2Node };
-}
-
-async function readAll(node: Qcow2Node, offset: number, length: number): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
-  await node.read(offset, out);
-  return out;
-}
-
-async function assertClean(node: Qcow2Node, what: string): Promise<void> {
-  const r = await node.check();
-  assert.deepEqual([r.corruptions, r.leaks, r.checkErrors], [0, 0, 0], `${what}: ${r.messages.join('; ')}`);
-}
 
 for (const type of ['zlib', 'zstd'] as const) {
   for (const cs of [512, 4 * KiB, 64 * KiB, 2048 * KiB]) {
     test(`${type}, ${cs}-byte clusters: compressed clusters read back, pack into shared host clusters, and check clean`, async (t) => {
       // An image whose size is not a multiple of the cluster size: its last cluster is short.
       const size = 12 * cs + 1536;
-      const img = await image(t, `cluster_size=${cs},compression_type=${type}`, size);
+      const img = await newQcow2(t, `cluster_size=${cs},compression_type=${type}`, size);
       const created = (await stat(img.path)).size;
       const node = await img.node();
       const data = textBytes(size, cs);
@@ -64,7 +43,7 @@ for (const type of ['zlib', 'zstd'] as const) {
 }
 
 test('a cluster that does not compress is written as it is, as QEMU does', async (t) => {
-  const img = await image(t, 'cluster_size=64k', 1024 * KiB);
+  const img = await newQcow2(t, 'cluster_size=64k', 1024 * KiB);
   const node = await img.node();
   const random = pattern(64 * KiB, 5);
   const text = textBytes(64 * KiB, 6);
@@ -78,7 +57,7 @@ test('a cluster that does not compress is written as it is, as QEMU does', async
 });
 
 test('compressed writes refuse what QEMU refuses: unaligned, partial, allocated, external data file, read-only', async (t) => {
-  const img = await image(t, 'cluster_size=4k', 64 * KiB);
+  const img = await newQcow2(t, 'cluster_size=4k', 64 * KiB);
   const node = await img.node();
   const text = textBytes(8 * KiB, 1);
   await assert.rejects(node.writeCompressed(512, text.subarray(0, 4 * KiB)), { code: 'EINVAL', message: /cluster boundary/ });
@@ -98,14 +77,14 @@ test('compressed writes refuse what QEMU refuses: unaligned, partial, allocated,
   await assert.rejects(ro.writeCompressed(16 * KiB, text), { code: 'EROFS' });
   await ro.close();
 
-  const ext = await image(t, `data_file=${img.path}.data,cluster_size=4k`, 64 * KiB);
+  const ext = await newQcow2(t, `data_file=${img.path}.data,cluster_size=4k`, 64 * KiB);
   const withData = await ext.node();
   await assert.rejects(withData.writeCompressed(0, text), { code: 'ENOTSUP', message: /external data file/ });
   await withData.close();
 });
 
 test('ordinary writes over compressed clusters, and compressed bytes after freed ones, keep the refcounts right', async (t) => {
-  const img = await image(t, 'cluster_size=4k', 256 * KiB);
+  const img = await newQcow2(t, 'cluster_size=4k', 256 * KiB);
   const node = await img.node();
   const a = textBytes(4 * KiB, 11);
   // One compressed cluster alone in its host cluster, then overwritten: the host cluster is
@@ -133,7 +112,7 @@ test('ordinary writes over compressed clusters, and compressed bytes after freed
 });
 
 test('with 1-bit refcounts every compressed cluster gets a host cluster of its own', async (t) => {
-  const img = await image(t, 'cluster_size=4k,refcount_bits=1', 64 * KiB);
+  const img = await newQcow2(t, 'cluster_size=4k,refcount_bits=1', 64 * KiB);
   const node = await img.node();
   const data = textBytes(32 * KiB, 21);
   await node.writeCompressed(0, data);

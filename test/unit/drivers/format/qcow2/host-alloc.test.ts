@@ -1,35 +1,16 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import type { HostAllocation } from '../../../../../src/drivers/format/qcow2/host-alloc.js';
 import type { Qcow2Node } from '../../../../../src/drivers/format/qcow2/qcow2-node.js';
 import { open } from '../../../../../src/registry/index.js';
-import { assertBytesEqual, pattern } from '../../../../helpers/bytes.js';
 import { vdisk } from '../../../../helpers/cli.js';
+import { assertClean, newQcow2, readAll } from '../../../../helpers/qcow2-node.js';
 import { makeTmpDir } from '../../../../helpers/tmp.js';
+import { assertBytesEqual, pattern } from '../../../../helpers/bytes.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-async function image(t: TestContext, options: string, size = 8 * MiB): Promise<{ path: string; node: () => Promise<Qcow2Node> }> {
-  const tmp = await makeTmpDir('vdisk-host-alloc-');
-  t.after(() => tmp.cleanup());
-  const path = tmp.path('a.qcow2');
-  const r = await vdisk(['create', '-q', '-f', 'qcow2', '-o', options, path, String(size)]);
-  assert.equal(r.code, 0, r.stderr);
-  return { path, node: async () => (await open(path, { format: 'qcow2' })) as Qcow2Node };
-}
-
-async function readAll(node: Qcow2Node, offset: number, length: number): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
-  await node.read(offset, out);
-  return out;
-}
-
-async function assertClean(node: Qcow2Node, what: string, leaks = 0): Promise<void> {
-  const r = await node.check();
-  assert.deepEqual([r.corruptions, r.leaks, r.checkErrors], [0, leaks, 0], `${what}: ${r.messages.join('; ')}`);
-}
 
 /** Fills the allocation's runs from `data` (guest bytes from the allocation's start), as an outside writer would. */
 async function fill(a: HostAllocation, data: Uint8Array, only?: { offset: number; length: number }[]): Promise<void> {
@@ -43,7 +24,7 @@ async function fill(a: HostAllocation, data: Uint8Array, only?: { offset: number
 }
 
 test('new clusters: one contiguous host run past the data, filled from outside, linked at commit, clean', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   let node = await img.node();
   const cs = 64 * KiB;
   const data = pattern(4 * cs, 1);
@@ -68,7 +49,7 @@ test('new clusters: one contiguous host run past the data, filled from outside, 
 });
 
 test('abort gives the clusters back: nothing points at them, no leak, and the next allocation reuses them', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   const node = await img.node();
   const cs = 64 * KiB;
   // Something allocated after them, so the given-back clusters are not at the end of the file.
@@ -92,7 +73,7 @@ test('abort gives the clusters back: nothing points at them, no leak, and the ne
 });
 
 test('ordinary writes: to a pending cluster they wait for the link and land on top; next door they go ahead', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   const node = await img.node();
   const cs = 64 * KiB;
   const a = await node.allocateHostRange(cs, 2 * cs);
@@ -122,7 +103,7 @@ test('ordinary writes: to a pending cluster they wait for the link and land on t
 });
 
 test('concurrent allocations and writes, many at once, check clean and read back', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   const node = await img.node();
   const cs = 64 * KiB;
   const want = new Uint8Array(8 * MiB);
@@ -155,7 +136,7 @@ test('concurrent allocations and writes, many at once, check clean and read back
 });
 
 test('clusters that are ours are written in place (no metadata change); mixed with new ones in one range', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   const node = await img.node();
   const cs = 64 * KiB;
   await node.write(cs, pattern(cs, 1));
@@ -173,7 +154,7 @@ test('clusters that are ours are written in place (no metadata change); mixed wi
 });
 
 test('what does not qualify: partial clusters, compressed clusters, past the end', async (t) => {
-  const img = await image(t, 'cluster_size=65536');
+  const img = await newQcow2(t, 'cluster_size=65536', 8 * MiB);
   const node = await img.node();
   const cs = 64 * KiB;
   assert.equal(await node.allocateHostRange(512, cs), undefined, 'unaligned start');
