@@ -15,6 +15,8 @@
  * The CI slice runs 40 sequences per variant. The long run: 10,000 sequences, 2,500 per variant
  * with fast-check seeds 1-4 (VDISK_COR_SEED plus the variant's index), 2026-11-22: 0 failures,
  * every sequence's top image clean in qemu-img check; 18 min on 2 cores shared with other work.
+ * Again on the tree of c2a7819 (2026-11-23, after the qcow2 write path changed): 10,000
+ * sequences with seeds 5-8 (VDISK_COR_SEED=5), 0 failures, 9.5 min.
  *
  *   VDISK_COR_RUNS=10000 VDISK_COR_SEED=1 node --import tsx --test test/property/copy-on-read.test.ts
  */

@@ -10,7 +10,9 @@
  *
  * CI runs a slice of 40 sequences (VDISK_PROPERTY_RUNS_SCALE raises it). Longer run, 2026-11-22,
  * on the tree of 7ff0f7c: 10,000 sequences with seed 4242 (VDISK_PROPERTY_RUNS_SCALE=250
- * VDISK_PROPERTY_SEED=4242), 0 failures, 800 s on the shared 2-core machine.
+ * VDISK_PROPERTY_SEED=4242), 0 failures, 800 s on the shared 2-core machine. Again on the tree of
+ * c2a7819 (2026-11-23, after the qcow2 write path changed): 10,000 sequences with seed 4343,
+ * 0 failures, 818 s beside a CI run.
  */
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
