@@ -287,11 +287,17 @@ class IoQueue : public Napi::ObjectWrap<IoQueue> {
       delete batch[i];
     }
     // MakeCallback: microtasks (the promises this resolves) run before the
-    // loop goes on, as after any other I/O callback.
-    on_complete_.MakeCallback(Value(), {ids, results});
+    // loop goes on, as after any other I/O callback. Raw N-API, because the
+    // wrapper turns a failed call into a fatal error: at process exit Node
+    // runs the loop once more to close handles (a request stuck on a dead
+    // mount may finish just then), and JS can no longer run; those
+    // completions have nobody left to tell and are dropped.
+    napi_value argv[2] = {ids, results};
+    napi_value out;
+    napi_status status = napi_make_callback(env, nullptr, Value(), on_complete_.Value(), 2, argv, &out);
     // Nothing up the stack can catch it: report it as Node reports a throw
     // from any other I/O callback.
-    if (env.IsExceptionPending()) {
+    if (status == napi_pending_exception || (status == napi_ok && env.IsExceptionPending())) {
       Napi::Error err = env.GetAndClearPendingException();
       napi_fatal_exception(env, err.Value());
     }

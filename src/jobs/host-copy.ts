@@ -52,11 +52,11 @@ export class HostCopy {
       if (!opts.allocating) return undefined;
       // New clusters go to the image's file; an external data file takes the ordinary way.
       const file = target.file;
-      if (!(file instanceof FileNode) || file.uncachedBy !== undefined || target.children.has('data-file')) return undefined;
+      if (!(file instanceof FileNode) || !usable(file) || target.children.has('data-file')) return undefined;
       return new HostCopy({ kind: 'qcow2', node: target as Qcow2Node });
     }
     const file = await rawFile(target);
-    if (!file || file.uncachedBy !== undefined) return undefined;
+    if (!file || !usable(file)) return undefined;
     return new HostCopy({ kind: 'raw', file });
   }
 
@@ -239,8 +239,18 @@ export function coalesce(ranges: readonly GuestRange[], unit: number): GuestRang
  * gives: a file node itself, or the first node of that name (a raw node straight on its file,
  * an image's file).
  */
+/**
+ * A file the kernel may copy from or into: through the page cache (copy_file_range is a buffered
+ * copy), and without a deadline. The zero scan maps the source and copy_file_range runs on
+ * libuv's pool, where a dead NFS or FUSE mount would hold the copy past --timeout; the copy
+ * through memory goes through the I/O queue, whose requests fail with ETIMEDOUT instead.
+ */
+function usable(file: FileNode): boolean {
+  return file.uncachedBy === undefined && file.timeoutMs === 0;
+}
+
 function findFile(node: BlockNode, filename: string): FileNode | undefined {
-  if (node instanceof FileNode) return node.filename === filename && node.uncachedBy === undefined ? node : undefined;
+  if (node instanceof FileNode) return node.filename === filename && usable(node) ? node : undefined;
   for (const child of node.children.values()) {
     if (child.filename === filename && child.driver === 'raw') {
       // A raw node over the file shares its name: it will do when it maps the file one to one.

@@ -50,6 +50,31 @@ async function stuckMount(t: TestContext): Promise<{ file: string; scratch: stri
   return { file: `${dir}/nbd`, scratch: tmp.path('out.raw'), dir: tmp.path('.'), stop };
 }
 
+/**
+ * Runs `vdisk ARGS` as a process and returns its first line on stderr, then how it exited once
+ * `unstick` let the storage answer. The line comes while requests are still held: the process
+ * can end only when the kernel lets its threads go (some wait uninterruptibly, on page locks or
+ * a file lock), after the mount answers.
+ */
+async function failsWhileStuck(args: string[], unstick: () => void): Promise<{ line: string; exit: [number | null, NodeJS.Signals | null] }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/dev.ts', ...args], {
+    cwd: new URL('../../../', import.meta.url).pathname,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  const line = await new Promise<string>((resolve) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('\n')) resolve(stderr);
+    });
+    child.once('close', () => resolve(stderr));
+  });
+  unstick();
+  const exit = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.exitCode !== null || child.signalCode !== null ? resolve([child.exitCode, child.signalCode]) : child.once('exit', (c, sig) => resolve([c, sig])));
+  return { line, exit };
+}
+
 test('a read that never returns fails with ETIMEDOUT under --timeout, and the process ends', async (t) => {
   const mount = await stuckMount(t);
   if (!mount) return;
@@ -85,22 +110,18 @@ test('a SEEK_DATA that never returns fails with ETIMEDOUT under --timeout', asyn
   });
   await sleep(300); // into the write, holding the lock, waiting for the mount
 
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/dev.ts', 'map', '--timeout', '1', '-f', 'raw', '--output=json', image], {
-    cwd: new URL('../../../', import.meta.url).pathname,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  // The message comes while the walk is still stuck: the process can end only when the
-  // kernel lets its thread go, after the mount comes back (here, when its server stops).
-  const line = await new Promise<string>((resolve) => {
-    child.stderr!.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (stderr.includes('\n')) resolve(stderr);
-    });
-    child.once('close', () => resolve(stderr));
-  });
-  mount.stop();
-  const code = await new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', resolve)));
+  const { line, exit } = await failsWhileStuck(['map', '--timeout', '1', '-f', 'raw', '--output=json', image], mount.stop);
   assert.equal(line, `vdisk map: Could not find the data in '${image}': no answer within 1 s (ETIMEDOUT)\n`);
-  assert.equal(code, 1);
+  assert.deepEqual(exit, [1, null]);
+});
+
+test('convert from a file whose reads never return fails with ETIMEDOUT under --timeout', async (t) => {
+  const mount = await stuckMount(t);
+  if (!mount) return;
+  // A raw source on a raw target would be copied in the kernel (copy_file_range, after a zero
+  // scan through a mapping), on threads no deadline can abandon; with --timeout it goes through
+  // the I/O queue instead, and the source is closed without waiting for its flush.
+  const { line, exit } = await failsWhileStuck(['convert', '--timeout', '1', '-f', 'raw', '-O', 'raw', mount.file, mount.scratch], mount.stop);
+  assert.equal(line, `vdisk convert: error while reading at byte 0: Could not read '${mount.file}': no answer within 1 s (ETIMEDOUT)\n`);
+  assert.deepEqual(exit, [1, null], line);
 });

@@ -73,7 +73,9 @@ export class FileNode extends BlockNode {
   /** Uncached without O_DIRECT: pages are dropped behind the I/O. */
   private readonly evict: EvictBehind | undefined;
   /** Deadline of each read and write in ms; 0: none. */
-  private readonly timeoutMs: number;
+  readonly timeoutMs: number;
+  /** A request missed its deadline: the storage may never answer again (see _close). */
+  private stuck = false;
 
   private constructor(opts: FileOptions, f: OpenedFile) {
     super(opts);
@@ -202,6 +204,8 @@ export class FileNode extends BlockNode {
       throw new BlockError('ERANGE', `clone of ${length} bytes from offset ${srcOffset} (size ${src.size}) to offset ${dstOffset} is outside the images (size ${this.size})`, ctx);
     }
     if (!native) throw new NotSupportedError('Cloning needs the native addon, which is not loaded', ctx);
+    // FICLONERANGE runs on libuv's pool, where a dead mount would hold it past any deadline.
+    if (this.timeoutMs > 0 || src.timeoutMs > 0) throw new NotSupportedError('a clone cannot be bounded by a timeout; the data is copied instead', ctx);
     const hole = (offset: number, n: number) => opts.targetIsZero ? Promise.resolve() : this.writeZeroes(offset, n, { mayUnmap: true });
     this.dataMap = undefined;
     try {
@@ -259,6 +263,7 @@ export class FileNode extends BlockNode {
   private ioError(err: unknown, op: 'read' | 'write' | 'block-status', offset: number, length: number): BlockError {
     const ctx = this.ctx(op, offset, length);
     if ((err as NodeJS.ErrnoException).code !== 'ETIMEDOUT' || !this.timeoutMs) return fromSystemError(err, ctx);
+    this.stuck = true;
     const what = op === 'block-status' ? 'find the data in' : op;
     return new BlockError('ETIMEDOUT', `Could not ${what} '${this.path}': no answer within ${this.timeoutMs / 1000} s (ETIMEDOUT)`, ctx, { cause: err });
   }
@@ -358,6 +363,13 @@ export class FileNode extends BlockNode {
   protected override async _close(): Promise<void> {
     const tail = this.tailFh;
     this.tailFh = undefined;
+    if (this.stuck) {
+      // Its storage did not answer in time: closing may wait as long (a FUSE flush queues behind
+      // the reads still held), so the descriptors go without waiting, errors unheard.
+      void this.fh.close().catch(() => undefined);
+      void tail?.then((fh) => fh.close()).catch(() => undefined);
+      return;
+    }
     try {
       // Pages still in the window are dropped; a writeback error they hit is this close's error.
       await this.evict?.drain();

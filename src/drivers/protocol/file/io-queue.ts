@@ -141,8 +141,27 @@ function checkDeadlines(): void {
 
 const ETIMEDOUT = constants.errno.ETIMEDOUT;
 
+/**
+ * At exit, requests with a deadline are let go and the queue closed while JS can still run:
+ * Node runs the loop once more to close handles, and a request stuck on a dead mount that
+ * finished just then would be delivered to JS that can no longer run. Closing waits only for
+ * requests without a deadline, which end.
+ */
+function closeAtExit(): void {
+  if (!queue) return;
+  for (let id = 0; id < pending.length; id++) {
+    const p = pending[id];
+    if (p && p.deadline !== Infinity && !p.abandoned) queue.abandon(id);
+  }
+  queue.close();
+  queue = undefined;
+}
+
 function submit(fd: number, buf: Uint8Array, offset: number, kind: number, timeoutMs: number): Promise<number> {
-  queue ??= new native!.IoQueue(MAX_THREADS, complete);
+  if (!queue) {
+    queue = new native!.IoQueue(MAX_THREADS, complete);
+    process.once('exit', closeAtExit);
+  }
   return new Promise<number>((resolve, reject) => {
     const id = freeIds.pop() ?? pending.length;
     let deadline = Infinity;
