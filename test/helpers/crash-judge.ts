@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
+import type { BlockNode } from '../../src/core/block-node.js';
 import type { CrashDisk } from './crash-disk.js';
 import { run, runOk } from './oracles.js';
 import type { Rng } from './workload.js';
@@ -52,4 +53,11 @@ export function durability(disk: CrashDisk, at: number): { marks: Map<string, nu
     if (label.startsWith('gf-end:')) durableBefore = Math.max(durableBefore, marks.get(`gf-start:${label.slice(7)}`)!);
   }
   return { marks, durableBefore };
+}
+
+/** A guest flush of `node`, marked on `disk` as durability() reads it: gf-start:K before it, gf-end:K once it returns. */
+export async function markedFlush(disk: CrashDisk, node: BlockNode, k: number): Promise<void> {
+  disk.mark(`gf-start:${k}`);
+  await node.flush();
+  disk.mark(`gf-end:${k}`);
 }

@@ -18,7 +18,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import type { DriverDef } from '../../../../src/registry/driver.js';
 import { registry, Registry } from '../../../../src/registry/index.js';
 import { CrashDisk } from '../../../helpers/crash-disk.js';
-import { crashedGuest, durability } from '../../../helpers/crash-judge.js';
+import { crashedGuest, durability, markedFlush } from '../../../helpers/crash-judge.js';
 import { needTools, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { uniformInt } from '../../../helpers/uniform-int.js';
@@ -159,10 +159,7 @@ async function runConfig(t: TestContext, name: string, withBacking: boolean, see
       if (round % 4 !== 3) {
         // Some turns in, so that flushes meet the round's writes at every stage of their way.
         const k = ++flushes;
-        pending.push(turns(uniformInt(rng, 0, 40)).then(() => {
-          disk.mark(`gf-start:${k}`);
-          return node.flush().then(() => disk.mark(`gf-end:${k}`));
-        }));
+        pending.push(turns(uniformInt(rng, 0, 40)).then(() => markedFlush(disk, node, k)));
       }
       await Promise.all(pending);
     }

@@ -16,7 +16,7 @@ import type { Qcow2Node } from '../../../../src/drivers/format/qcow2/qcow2-node.
 import type { DriverDef } from '../../../../src/registry/driver.js';
 import { registry, Registry } from '../../../../src/registry/index.js';
 import { CrashDisk } from '../../../helpers/crash-disk.js';
-import { crashedGuest, durability } from '../../../helpers/crash-judge.js';
+import { crashedGuest, durability, markedFlush } from '../../../helpers/crash-judge.js';
 import { needTools, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { uniformInt } from '../../../helpers/uniform-int.js';
@@ -122,10 +122,7 @@ async function runConfig(t: TestContext, name: string, lazy: boolean, seed: numb
       }
       if (round % 3 !== 2) {
         const k = ++flushes;
-        pending.push(turns(uniformInt(rng, 0, 30)).then(() => {
-          disk.mark(`gf-start:${k}`);
-          return node.flush().then(() => disk.mark(`gf-end:${k}`));
-        }));
+        pending.push(turns(uniformInt(rng, 0, 30)).then(() => markedFlush(disk, node, k)));
       }
       await Promise.all(pending);
     }
