@@ -61,3 +61,17 @@ export async function markedFlush(disk: CrashDisk, node: BlockNode, k: number): 
   await node.flush();
   disk.mark(`gf-end:${k}`);
 }
+
+/** Host offsets of the L2 tables the final image's L1 table names (read off the disk's contents). */
+export function l2Tables(disk: CrashDisk): Set<number> {
+  const image = disk.contents;
+  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  const l1Size = dv.getUint32(36);
+  const l1 = Number(dv.getBigUint64(40));
+  const tables = new Set<number>();
+  for (let i = 0; i < l1Size; i++) {
+    const l2 = Number(dv.getBigUint64(l1 + 8 * i) & 0x00fffffffffffe00n);
+    if (l2) tables.add(l2);
+  }
+  return tables;
+}

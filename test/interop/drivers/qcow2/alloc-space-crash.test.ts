@@ -18,7 +18,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import type { DriverDef } from '../../../../src/registry/driver.js';
 import { registry, Registry } from '../../../../src/registry/index.js';
 import { CrashDisk } from '../../../helpers/crash-disk.js';
-import { crashedGuest, durability, markedFlush } from '../../../helpers/crash-judge.js';
+import { crashedGuest, durability, l2Tables, markedFlush } from '../../../helpers/crash-judge.js';
 import { needTools, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { uniformInt } from '../../../helpers/uniform-int.js';
@@ -190,15 +190,7 @@ async function runConfig(t: TestContext, name: string, withBacking: boolean, see
  * The crash images find a broken order only where timing lets them; this finds it always.
  */
 function checkOrder(disk: CrashDisk, name: string): void {
-  const image = disk.contents;
-  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  const l1Size = dv.getUint32(36);
-  const l1 = Number(dv.getBigUint64(40));
-  const tables = new Set<number>();
-  for (let i = 0; i < l1Size; i++) {
-    const l2 = Number(dv.getBigUint64(l1 + 8 * i) & 0x00fffffffffffe00n);
-    if (l2) tables.add(l2);
-  }
+  const tables = l2Tables(disk);
   const ev = disk.log;
   ev.forEach((e, i) => {
     if (e.t !== 'end' || e.change.kind !== 'zero' || !e.change.allocate) return;

@@ -16,7 +16,7 @@ import type { Qcow2Node } from '../../../../src/drivers/format/qcow2/qcow2-node.
 import type { DriverDef } from '../../../../src/registry/driver.js';
 import { registry, Registry } from '../../../../src/registry/index.js';
 import { CrashDisk } from '../../../helpers/crash-disk.js';
-import { crashedGuest, durability, markedFlush } from '../../../helpers/crash-judge.js';
+import { crashedGuest, durability, l2Tables, markedFlush } from '../../../helpers/crash-judge.js';
 import { needTools, runOk } from '../../../helpers/oracles.js';
 import { makeTmpDir, type TmpDir } from '../../../helpers/tmp.js';
 import { uniformInt } from '../../../helpers/uniform-int.js';
@@ -150,15 +150,7 @@ async function runConfig(t: TestContext, name: string, lazy: boolean, seed: numb
  * it). The crash images find a broken order only where timing lets them; this finds it always.
  */
 function checkOrder(disk: CrashDisk, fills: Fill[], name: string): void {
-  const image = disk.contents;
-  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  const l1Size = dv.getUint32(36);
-  const l1 = Number(dv.getBigUint64(40));
-  const tables = new Set<number>();
-  for (let i = 0; i < l1Size; i++) {
-    const l2 = Number(dv.getBigUint64(l1 + 8 * i) & 0x00fffffffffffe00n);
-    if (l2) tables.add(l2);
-  }
+  const tables = l2Tables(disk);
   const ev = disk.log;
   for (const f of fills) {
     const linked = ev.findIndex((e) => e.t === 'mark' && e.label === f.label);
